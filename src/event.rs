@@ -1,0 +1,223 @@
+//! Event storage and batch views.
+//!
+//! Payloads are copied once, by the queue, into *segments*: large byte buffers that
+//! many events share. A segment is written only while the queue owns it alone; once
+//! a consumer takes events from it, it is frozen behind an `Arc` and never written
+//! again. When the last batch referring to it is settled, its buffer goes back to a
+//! pool, so the steady state allocates nothing per event (and nothing per segment).
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// Default capacity of one segment's byte buffer.
+pub(crate) const SEGMENT_BYTES: usize = 256 * 1024;
+
+/// Buffers kept for reuse; enough for a full default queue of small events.
+const POOL_KEEP: usize = 64;
+
+/// A pool of segment buffers shared by one queue.
+#[derive(Default)]
+pub(crate) struct SegmentPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl SegmentPool {
+    /// A cleared buffer with room for at least `min` bytes.
+    pub(crate) fn take(&self, min: usize) -> Vec<u8> {
+        let want = min.max(SEGMENT_BYTES);
+        if want == SEGMENT_BYTES {
+            if let Some(buf) = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return buf;
+            }
+        }
+        Vec::with_capacity(want)
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != SEGMENT_BYTES {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOL_KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// A frozen segment: immutable bytes shared by the batches that refer to it.
+pub(crate) struct Segment {
+    data: Vec<u8>,
+    pool: Arc<SegmentPool>,
+}
+
+impl Segment {
+    pub(crate) fn new(data: Vec<u8>, pool: Arc<SegmentPool>) -> Segment {
+        Segment { data, pool }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.data));
+    }
+}
+
+/// Where one event lives: its segment (an index into the batch's segment list),
+/// its byte range, and the producer that published it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EventRef {
+    pub(crate) seg: u32,
+    pub(crate) off: u32,
+    pub(crate) len: u32,
+    pub(crate) producer: u32,
+}
+
+/// The storage behind one batch: the segments it spans and where each event is.
+pub(crate) struct EventsData {
+    pub(crate) segs: Vec<Arc<Segment>>,
+    pub(crate) refs: Vec<EventRef>,
+}
+
+impl EventsData {
+    #[inline]
+    pub(crate) fn payload(&self, i: usize) -> &[u8] {
+        let r = self.refs[i];
+        let start = r.off as usize;
+        &self.segs[r.seg as usize].data[start..start + r.len as usize]
+    }
+}
+
+/// Which events of a batch a view covers.
+#[derive(Clone, Debug)]
+pub(crate) enum Selection {
+    /// A contiguous run of batch indices: the common case, no allocation.
+    Range(Range<u32>),
+    /// Arbitrary batch indices in increasing order (after guaranteed events were
+    /// kept and the others dropped).
+    List(Arc<[u32]>),
+}
+
+impl Selection {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Selection::Range(r) => r.len(),
+            Selection::List(l) => l.len(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn index(&self, i: usize) -> usize {
+        match self {
+            Selection::Range(r) => r.start as usize + i,
+            Selection::List(l) => l[i] as usize,
+        }
+    }
+
+    pub(crate) fn for_each(&self, mut f: impl FnMut(usize)) {
+        match self {
+            Selection::Range(r) => r.clone().for_each(|i| f(i as usize)),
+            Selection::List(l) => l.iter().for_each(|&i| f(i as usize)),
+        }
+    }
+
+    fn slice(&self, r: Range<usize>) -> Selection {
+        match self {
+            Selection::Range(s) => Selection::Range(s.start + r.start as u32..s.start + r.end as u32),
+            Selection::List(l) => {
+                if r.len() == l.len() {
+                    Selection::List(l.clone())
+                } else {
+                    Selection::List(l[r].into())
+                }
+            }
+        }
+    }
+}
+
+/// A read-only view of some events of a batch, handed to clients.
+///
+/// Cloning is cheap (a reference count); the payloads stay valid while any clone
+/// lives, so an asynchronous client may keep one until it completes the batch.
+#[derive(Clone)]
+pub struct Events {
+    pub(crate) data: Arc<EventsData>,
+    pub(crate) sel: Selection,
+}
+
+impl Events {
+    pub(crate) fn new(data: Arc<EventsData>, sel: Selection) -> Events {
+        Events { data, sel }
+    }
+
+    /// Number of events in the view.
+    pub fn len(&self) -> usize {
+        self.sel.len()
+    }
+
+    /// True when the view holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.sel.len() == 0
+    }
+
+    /// The payload of the `i`-th event of the view.
+    ///
+    /// # Panics
+    /// When `i >= self.len()`.
+    #[inline]
+    pub fn get(&self, i: usize) -> &[u8] {
+        assert!(i < self.len(), "event index {i} out of range for {} events", self.len());
+        self.data.payload(self.sel.index(i))
+    }
+
+    /// The payloads in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(move |i| self.data.payload(self.sel.index(i)))
+    }
+
+    /// Total payload bytes of the view.
+    pub fn bytes(&self) -> usize {
+        let mut n = 0;
+        self.sel.for_each(|i| n += self.data.refs[i].len as usize);
+        n
+    }
+
+    /// Splits the view after `n` events: the first `n`, and the rest.
+    pub(crate) fn split_at(&self, n: usize) -> (Events, Events) {
+        let n = n.min(self.len());
+        (
+            Events::new(self.data.clone(), self.sel.slice(0..n)),
+            Events::new(self.data.clone(), self.sel.slice(n..self.len())),
+        )
+    }
+
+    /// The sub-view of the events for which `keep(producer)` holds.
+    pub(crate) fn filter_producers(&self, mut keep: impl FnMut(u32) -> bool) -> Events {
+        let mut idx = Vec::new();
+        self.sel.for_each(|i| {
+            if keep(self.data.refs[i].producer) {
+                idx.push(i as u32);
+            }
+        });
+        Events::new(self.data.clone(), Selection::List(idx.into()))
+    }
+
+    /// The payloads copied into owned vectors.
+    pub fn to_vec(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    pub(crate) fn same_batch(&self, other: &Arc<EventsData>) -> bool {
+        Arc::ptr_eq(&self.data, other)
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("len", &self.len()).finish()
+    }
+}

@@ -1,0 +1,517 @@
+//! In-order settlement: outcomes are recorded per event as batches settle, released
+//! strictly in the order the batches were taken, and reported to producers by one
+//! dispatcher thread (coalesced counts for ACKs, payloads for drops).
+//!
+//! Queue capacity is returned as soon as a run of batches is released, before the
+//! callbacks run, so a callback that publishes (even blocking) never waits on itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::{self, ThreadId};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::event::{Events, EventsData, Selection};
+use crate::log::{Level, Logger};
+
+/// Called with the number of further events of a producer that were acknowledged,
+/// in the order they were published.
+pub type AckCallback = Box<dyn Fn(u64) + Send + Sync>;
+/// Called with the payloads of a producer's events that conveyor gave up on.
+pub type DropCallback = Box<dyn Fn(&[&[u8]]) + Send + Sync>;
+/// Called with the total number of events acknowledged in one round, all producers.
+pub type AckListener = Box<dyn Fn(u64) + Send + Sync>;
+
+/// How a producer wants to hear about its events.
+#[derive(Default)]
+pub struct ProducerOptions {
+    /// ACK counts, in publish order, coalesced per round.
+    pub on_ack: Option<AckCallback>,
+    /// Payloads of dropped events (a dead-letter hook).
+    pub on_drop: Option<DropCallback>,
+    /// Retry this producer's events until delivered or the pipeline closes.
+    pub guaranteed: bool,
+    /// On cancel, remove this producer's events that no consumer has taken yet.
+    pub drop_on_cancel: bool,
+}
+
+impl std::fmt::Debug for ProducerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerOptions")
+            .field("on_ack", &self.on_ack.is_some())
+            .field("on_drop", &self.on_drop.is_some())
+            .field("guaranteed", &self.guaranteed)
+            .field("drop_on_cancel", &self.drop_on_cancel)
+            .finish()
+    }
+}
+
+/// Per-producer state shared by the queue and the dispatcher.
+pub(crate) struct ProducerState {
+    pub(crate) options: ProducerOptions,
+    pub(crate) cancelled: AtomicBool,
+    /// The handle was dropped; the slot is freed once nothing is in flight.
+    detached: AtomicBool,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+impl ProducerState {
+    fn settled(&self) -> u64 {
+        self.acked.load(Ordering::Acquire) + self.dropped.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn counts(&self) -> ProducerCounts {
+        let acked = self.acked.load(Ordering::Acquire);
+        let dropped = self.dropped.load(Ordering::Acquire);
+        let accepted = self.accepted.load(Ordering::Acquire).max(acked + dropped);
+        ProducerCounts { accepted, acked, dropped, in_flight: accepted - acked - dropped }
+    }
+}
+
+/// Accounting of one producer (DESIGN §1 rule 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProducerCounts {
+    /// Events a publish call accepted.
+    pub accepted: u64,
+    /// Events reported acknowledged.
+    pub acked: u64,
+    /// Events reported dropped.
+    pub dropped: u64,
+    /// `accepted - acked - dropped`.
+    pub in_flight: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pending,
+    Acked,
+    Dropped,
+}
+
+struct Entry {
+    data: Arc<EventsData>,
+    outcomes: Vec<Outcome>,
+    pending: usize,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Order {
+    /// Id of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Entry>,
+}
+
+enum Report {
+    Acked(u64),
+    Dropped(Events),
+    DroppedOwned(Vec<Vec<u8>>),
+}
+
+/// One release: what each producer learns, in order.
+struct Round {
+    items: Vec<(u32, Report)>,
+    acked: u64,
+    dropped: u64,
+}
+
+/// Returns capacity to the queue: (events, bytes).
+pub(crate) type Release = Box<dyn Fn(usize, usize) + Send + Sync>;
+
+/// The settlement bookkeeping of one queue. See the module documentation.
+pub(crate) struct AckTracker {
+    order: Mutex<Order>,
+    producers: RwLock<Vec<Option<Arc<ProducerState>>>>,
+    tx: Mutex<Option<Sender<Round>>>,
+    release: Release,
+    accepted: AtomicU64,
+    acked: AtomicU64,
+    dropped: AtomicU64,
+    /// Events whose outcome has been reported (callbacks returned).
+    reported: Mutex<u64>,
+    reported_cv: Condvar,
+    dispatcher: Mutex<Option<thread::JoinHandle<()>>>,
+    dispatcher_id: Mutex<Option<ThreadId>>,
+    logger: Logger,
+}
+
+impl AckTracker {
+    pub(crate) fn new(release: Release, listener: Option<AckListener>, logger: Logger) -> Arc<AckTracker> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tracker = Arc::new(AckTracker {
+            order: Mutex::new(Order::default()),
+            producers: RwLock::new(Vec::new()),
+            tx: Mutex::new(Some(tx)),
+            release,
+            accepted: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            reported: Mutex::new(0),
+            reported_cv: Condvar::new(),
+            dispatcher: Mutex::new(None),
+            dispatcher_id: Mutex::new(None),
+            logger,
+        });
+        let weak = Arc::downgrade(&tracker);
+        let handle = thread::Builder::new()
+            .name("conveyor-ack".into())
+            .spawn(move || dispatch(weak, rx, listener))
+            .expect("spawn conveyor-ack thread");
+        *lock(&tracker.dispatcher_id) = Some(handle.thread().id());
+        *lock(&tracker.dispatcher) = Some(handle);
+        tracker
+    }
+
+    pub(crate) fn register(&self, options: ProducerOptions) -> (u32, Arc<ProducerState>) {
+        let state = Arc::new(ProducerState {
+            options,
+            cancelled: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let mut slab = self.producers.write().unwrap_or_else(|e| e.into_inner());
+        let key = match slab.iter().position(Option::is_none) {
+            Some(key) => {
+                slab[key] = Some(state.clone());
+                key
+            }
+            None => {
+                slab.push(Some(state.clone()));
+                slab.len() - 1
+            }
+        };
+        (key as u32, state)
+    }
+
+    pub(crate) fn producer(&self, key: u32) -> Option<Arc<ProducerState>> {
+        self.producers.read().unwrap_or_else(|e| e.into_inner()).get(key as usize).cloned().flatten()
+    }
+
+    /// The handle of `key` is gone: free its slot now, or once its last event is reported.
+    pub(crate) fn detach(&self, key: u32, p: &ProducerState) {
+        p.detached.store(true, Ordering::Release);
+        self.reap(key, p);
+    }
+
+    fn reap(&self, key: u32, p: &ProducerState) {
+        if p.detached.load(Ordering::Acquire) && p.settled() == p.accepted.load(Ordering::Acquire) {
+            let mut slab = self.producers.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = slab.get_mut(key as usize) {
+                if slot.as_ref().is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), p)) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Counts `n` events of `producer` as accepted. Called under the queue lock, so
+    /// an event is counted before any consumer can take it.
+    pub(crate) fn accept(&self, producer: &ProducerState, n: u64) {
+        producer.accepted.fetch_add(n, Ordering::AcqRel);
+        self.accepted.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Records a batch taken by a consumer and returns its id. Must be called in take
+    /// order (the queue holds its lock while calling).
+    pub(crate) fn open(&self, data: Arc<EventsData>, bytes: usize) -> u64 {
+        let n = data.refs.len();
+        let mut order = lock(&self.order);
+        let id = order.base + order.entries.len() as u64;
+        order.entries.push_back(Entry { data, outcomes: vec![Outcome::Pending; n], pending: n, bytes });
+        id
+    }
+
+    /// Settles the events of `events` (a view of batch `id`) as acked or dropped.
+    /// Settling an event twice is an error and changes nothing.
+    pub(crate) fn settle(&self, id: u64, events: &Events, acked: bool) -> Result<()> {
+        let outcome = if acked { Outcome::Acked } else { Outcome::Dropped };
+        let mut order = lock(&self.order);
+        let Some(pos) = id.checked_sub(order.base).filter(|&p| p < order.entries.len() as u64) else {
+            return Err(Error::AlreadySettled);
+        };
+        let entry = &mut order.entries[pos as usize];
+        if !events.same_batch(&entry.data) {
+            return Err(Error::InvalidArgument("events do not belong to this batch".into()));
+        }
+        let mut clash = false;
+        events.sel.for_each(|i| clash |= entry.outcomes[i] != Outcome::Pending);
+        if clash {
+            return Err(Error::AlreadySettled);
+        }
+        events.sel.for_each(|i| entry.outcomes[i] = outcome);
+        entry.pending -= events.len();
+        if pos == 0 && entry.pending == 0 {
+            self.release_head(order);
+        }
+        Ok(())
+    }
+
+    /// Drops whatever of batch `id` is still unsettled (a batch dropped without
+    /// settling loses nothing silently). Returns how many events that dropped.
+    pub(crate) fn finish(&self, id: u64) -> usize {
+        let mut order = lock(&self.order);
+        let Some(pos) = id.checked_sub(order.base).filter(|&p| p < order.entries.len() as u64) else {
+            return 0;
+        };
+        let entry = &mut order.entries[pos as usize];
+        let n = entry.pending;
+        if n == 0 {
+            return 0;
+        }
+        for o in entry.outcomes.iter_mut().filter(|o| **o == Outcome::Pending) {
+            *o = Outcome::Dropped;
+        }
+        entry.pending = 0;
+        if pos == 0 {
+            self.release_head(order);
+        }
+        n
+    }
+
+    /// Pops every settled batch at the head, turns it into one report round, and
+    /// returns the capacity they held.
+    fn release_head(&self, mut order: std::sync::MutexGuard<'_, Order>) {
+        let mut round = Round { items: Vec::new(), acked: 0, dropped: 0 };
+        let mut last_of: HashMap<u32, usize> = HashMap::new();
+        let (mut events, mut bytes) = (0usize, 0usize);
+        while order.entries.front().is_some_and(|e| e.pending == 0) {
+            let entry = order.entries.pop_front().expect("front exists");
+            order.base += 1;
+            events += entry.outcomes.len();
+            bytes += entry.bytes;
+            collect_reports(&entry, &mut round, &mut last_of);
+        }
+        if round.items.is_empty() {
+            return;
+        }
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            let _ = tx.send(round);
+        }
+        drop(order);
+        (self.release)(events, bytes);
+    }
+
+    /// Reports events removed from the queue before any consumer took them.
+    pub(crate) fn report_removed(&self, producer: u32, payloads: Vec<Vec<u8>>) {
+        let n = payloads.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let round = Round { items: vec![(producer, Report::DroppedOwned(payloads))], acked: 0, dropped: n };
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            let _ = tx.send(round);
+        }
+    }
+
+    /// Totals over every producer.
+    pub(crate) fn totals(&self) -> ProducerCounts {
+        let acked = self.acked.load(Ordering::Acquire);
+        let dropped = self.dropped.load(Ordering::Acquire);
+        let accepted = self.accepted.load(Ordering::Acquire).max(acked + dropped);
+        ProducerCounts { accepted, acked, dropped, in_flight: accepted - acked - dropped }
+    }
+
+    pub(crate) fn is_guaranteed(&self, key: u32) -> bool {
+        self.producer(key).is_some_and(|p| p.options.guaranteed)
+    }
+
+    /// Waits until every accepted event's outcome has been reported, or `deadline`.
+    pub(crate) fn wait_reported(&self, deadline: Option<Instant>) -> Result<()> {
+        if self.on_dispatcher() {
+            return Err(Error::InvalidArgument(
+                "flush or close cannot wait from an ACK or drop callback".into(),
+            ));
+        }
+        let mut reported = lock(&self.reported);
+        loop {
+            if *reported >= self.accepted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            reported = match deadline {
+                None => self.reported_cv.wait(reported).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::Timeout);
+                    }
+                    self.reported_cv.wait_timeout(reported, d - now).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// True on the dispatcher thread (inside an ACK or drop callback).
+    pub(crate) fn on_dispatcher(&self) -> bool {
+        *lock(&self.dispatcher_id) == Some(thread::current().id())
+    }
+
+    /// Stops the dispatcher after it has reported everything already released.
+    pub(crate) fn shutdown(&self) {
+        lock(&self.tx).take();
+        if self.on_dispatcher() {
+            return;
+        }
+        if let Some(h) = lock(&self.dispatcher).take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Unsettled batches (taken by consumers, not yet released).
+    pub(crate) fn open_batches(&self) -> usize {
+        lock(&self.order).entries.len()
+    }
+}
+
+impl Drop for AckTracker {
+    fn drop(&mut self) {
+        lock(&self.tx).take();
+    }
+}
+
+/// Appends the reports of one released batch to `round`, coalescing each producer's
+/// consecutive ACKs into one count.
+fn collect_reports(entry: &Entry, round: &mut Round, last_of: &mut HashMap<u32, usize>) {
+    let mut run_start = 0;
+    let n = entry.outcomes.len();
+    for i in 1..=n {
+        let ends = i == n
+            || entry.outcomes[i] != entry.outcomes[run_start]
+            || entry.data.refs[i].producer != entry.data.refs[run_start].producer;
+        if !ends {
+            continue;
+        }
+        let producer = entry.data.refs[run_start].producer;
+        let count = (i - run_start) as u64;
+        if entry.outcomes[run_start] == Outcome::Acked {
+            round.acked += count;
+            match last_of.get(&producer).map(|&k| &mut round.items[k].1) {
+                Some(Report::Acked(c)) => *c += count,
+                _ => {
+                    last_of.insert(producer, round.items.len());
+                    round.items.push((producer, Report::Acked(count)));
+                }
+            }
+        } else {
+            round.dropped += count;
+            let sel = Selection::Range(run_start as u32..i as u32);
+            last_of.insert(producer, round.items.len());
+            round.items.push((producer, Report::Dropped(Events::new(entry.data.clone(), sel))));
+        }
+        run_start = i;
+    }
+}
+
+fn dispatch(tracker: std::sync::Weak<AckTracker>, rx: Receiver<Round>, listener: Option<AckListener>) {
+    while let Ok(first) = rx.recv() {
+        let Some(t) = tracker.upgrade() else { return };
+        let mut rounds = vec![first];
+        rounds.extend(rx.try_iter());
+        let merged = merge_rounds(rounds);
+        let mut reported_now = 0u64;
+        for (key, report) in merged.items {
+            let producer = t.producer(key);
+            let n = match &report {
+                Report::Acked(n) => *n,
+                Report::Dropped(ev) => ev.len() as u64,
+                Report::DroppedOwned(v) => v.len() as u64,
+            };
+            if let Some(p) = &producer {
+                deliver(&t.logger, p, &report);
+                match report {
+                    Report::Acked(_) => p.acked.fetch_add(n, Ordering::AcqRel),
+                    _ => p.dropped.fetch_add(n, Ordering::AcqRel),
+                };
+            }
+            reported_now += n;
+        }
+        if merged.acked > 0 {
+            if let Some(l) = &listener {
+                if catch_unwind(AssertUnwindSafe(|| l(merged.acked))).is_err() {
+                    t.logger.log(Level::Error, "the pipeline ACK listener panicked");
+                }
+            }
+        }
+        t.acked.fetch_add(merged.acked, Ordering::AcqRel);
+        t.dropped.fetch_add(merged.dropped, Ordering::AcqRel);
+        {
+            let mut reported = lock(&t.reported);
+            *reported += reported_now;
+        }
+        t.reported_cv.notify_all();
+        let keys: Vec<u32> = merged.keys;
+        for key in keys {
+            if let Some(p) = t.producer(key) {
+                t.reap(key, &p);
+            }
+        }
+    }
+}
+
+struct Merged {
+    items: Vec<(u32, Report)>,
+    keys: Vec<u32>,
+    acked: u64,
+    dropped: u64,
+}
+
+/// Joins several rounds into one, so that a producer whose ACKs arrived in several
+/// releases while the dispatcher was busy still gets one callback.
+fn merge_rounds(rounds: Vec<Round>) -> Merged {
+    let mut out = Merged { items: Vec::new(), keys: Vec::new(), acked: 0, dropped: 0 };
+    let mut last_of: HashMap<u32, usize> = HashMap::new();
+    for round in rounds {
+        out.acked += round.acked;
+        out.dropped += round.dropped;
+        for (key, report) in round.items {
+            if let Report::Acked(n) = report {
+                if let Some(Report::Acked(c)) = last_of.get(&key).map(|&k| &mut out.items[k].1) {
+                    *c += n;
+                    continue;
+                }
+            }
+            if !last_of.contains_key(&key) {
+                out.keys.push(key);
+            }
+            last_of.insert(key, out.items.len());
+            out.items.push((key, report));
+        }
+    }
+    out
+}
+
+fn deliver(logger: &Logger, p: &ProducerState, report: &Report) {
+    let result = catch_unwind(AssertUnwindSafe(|| match report {
+        Report::Acked(n) => {
+            if let Some(cb) = &p.options.on_ack {
+                cb(*n)
+            }
+        }
+        Report::Dropped(ev) => {
+            if let Some(cb) = &p.options.on_drop {
+                let views: Vec<&[u8]> = ev.iter().collect();
+                cb(&views)
+            }
+        }
+        Report::DroppedOwned(v) => {
+            if let Some(cb) = &p.options.on_drop {
+                let views: Vec<&[u8]> = v.iter().map(Vec::as_slice).collect();
+                cb(&views)
+            }
+        }
+    }));
+    if result.is_err() {
+        logger.log(Level::Error, "a producer's ACK or drop callback panicked; the outcome is still counted");
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,1 @@
+//! The conformance suite every queue type must pass (filled in below).

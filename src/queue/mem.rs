@@ -1,0 +1,433 @@
+//! The in-memory queue (`queue.type = "mem"`).
+//!
+//! One mutex guards the FIFO of waiting events and the segment being written.
+//! Consumers are woken only when a batch can form (`flush.min_events` reached, or
+//! the first event arrived and the flush timer must start), never per event; blocked
+//! producers are woken only when capacity comes back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::ack::lock;
+use super::{check_event_len, timeout_deadline, AckTracker, Batch, ProducerCounts, ProducerKey};
+use super::{ProducerOptions, Queue, QueueSettings, QueueStats};
+use crate::error::{Error, Result};
+use crate::event::{EventRef, Events, EventsData, Segment, SegmentPool, Selection};
+use crate::queue::ack::ProducerState;
+
+/// An event waiting in the queue.
+#[derive(Clone, Copy)]
+struct Slot {
+    seg: u64,
+    off: u32,
+    len: u32,
+    producer: u32,
+}
+
+struct State {
+    input_closed: bool,
+    closed: bool,
+    waiting: VecDeque<Slot>,
+    /// The segment being written; owned by the queue alone.
+    open: Vec<u8>,
+    open_id: u64,
+    /// Frozen segments that still hold waiting events, by consecutive id.
+    frozen: VecDeque<(u64, Arc<Segment>)>,
+    /// Accepted and not yet settled.
+    events: usize,
+    bytes: usize,
+    blocked_producers: usize,
+    blocked_consumers: usize,
+    /// The smallest batch a blocked consumer waits for.
+    consumer_want: usize,
+}
+
+/// The in-memory queue. Build it with [`MemQueue::new`] or through the registry.
+pub struct MemQueue {
+    settings: QueueSettings,
+    state: Mutex<State>,
+    not_full: Condvar,
+    not_empty: Condvar,
+    tracker: Arc<AckTracker>,
+    pool: Arc<SegmentPool>,
+    /// Bumped (under the lock) by every `wake_consumers`.
+    epoch: AtomicU64,
+}
+
+impl MemQueue {
+    /// Builds a queue; `listener` sees the total of every ACK round.
+    pub fn new(settings: QueueSettings, listener: Option<super::AckListener>) -> Result<Arc<MemQueue>> {
+        if settings.events == 0 {
+            return Err(Error::config("queue.events", "must be at least 1"));
+        }
+        let pool = Arc::new(SegmentPool::default());
+        Ok(Arc::new_cyclic(|me: &Weak<MemQueue>| {
+            let me = me.clone();
+            let release = Box::new(move |events: usize, bytes: usize| {
+                if let Some(q) = me.upgrade() {
+                    q.release(events, bytes);
+                }
+            });
+            MemQueue {
+                tracker: AckTracker::new(release, listener, settings.logger.clone()),
+                state: Mutex::new(State {
+                    input_closed: false,
+                    closed: false,
+                    waiting: VecDeque::with_capacity(settings.events.min(1 << 16)),
+                    open: pool.take(0),
+                    open_id: 0,
+                    frozen: VecDeque::new(),
+                    events: 0,
+                    bytes: 0,
+                    blocked_producers: 0,
+                    blocked_consumers: 0,
+                    consumer_want: usize::MAX,
+                }),
+                not_full: Condvar::new(),
+                not_empty: Condvar::new(),
+                pool,
+                settings,
+                epoch: AtomicU64::new(0),
+            }
+        }))
+    }
+
+    fn release(&self, events: usize, bytes: usize) {
+        let mut st = lock(&self.state);
+        st.events -= events;
+        st.bytes -= bytes;
+        if st.blocked_producers > 0 {
+            self.not_full.notify_all();
+        }
+    }
+
+    fn has_room(&self, st: &State, len: usize) -> bool {
+        st.events < self.settings.events && (self.settings.bytes == 0 || st.bytes + len <= self.settings.bytes)
+    }
+
+    fn check_open(st: &State, p: &ProducerState) -> Result<()> {
+        if st.input_closed {
+            Err(Error::Closed)
+        } else if p.cancelled.load(Ordering::Acquire) {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves the open segment behind an `Arc` so consumers can share it.
+    fn freeze(&self, st: &mut State, min_next: usize) {
+        if st.open.is_empty() {
+            if st.open.capacity() < min_next {
+                st.open = self.pool.take(min_next);
+            }
+            return;
+        }
+        let data = std::mem::replace(&mut st.open, self.pool.take(min_next));
+        st.frozen.push_back((st.open_id, Arc::new(Segment::new(data, self.pool.clone()))));
+        st.open_id += 1;
+    }
+
+    /// Stores one event. The caller checked room and state.
+    fn push(&self, st: &mut State, producer: u32, event: &[u8]) {
+        if st.open.capacity() - st.open.len() < event.len() {
+            self.freeze(st, event.len());
+        }
+        let off = st.open.len() as u32;
+        st.open.extend_from_slice(event);
+        st.waiting.push_back(Slot { seg: st.open_id, off, len: event.len() as u32, producer });
+        st.events += 1;
+        st.bytes += event.len();
+    }
+
+    /// Wakes a blocked consumer when `waiting` went from `before` to `after` across
+    /// the size it waits for, or from empty (its flush timer must start).
+    fn signal_consumers(&self, st: &State, before: usize) {
+        let after = st.waiting.len();
+        if st.blocked_consumers > 0 && (before == 0 || (before < st.consumer_want && after >= st.consumer_want)) {
+            self.not_empty.notify_all();
+        }
+    }
+
+    /// Waits for room for an event of `len` bytes. Returns the guard with room, or the error.
+    fn wait_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        p: &ProducerState,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, State>> {
+        loop {
+            Self::check_open(&st, p)?;
+            if self.has_room(&st, len) {
+                return Ok(st);
+            }
+            st.blocked_producers += 1;
+            let result = match deadline {
+                None => Ok(self.not_full.wait(st).unwrap_or_else(|e| e.into_inner())),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        Err(st)
+                    } else {
+                        Ok(self.not_full.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0)
+                    }
+                }
+            };
+            match result {
+                Ok(g) => {
+                    st = g;
+                    st.blocked_producers -= 1;
+                }
+                Err(mut g) => {
+                    g.blocked_producers -= 1;
+                    return Err(Error::Timeout);
+                }
+            }
+        }
+    }
+
+    /// Takes up to `max` waiting events as a batch. Called under the lock.
+    fn take(&self, st: &mut State, max: usize) -> Batch {
+        let n = max.min(st.waiting.len());
+        if st.waiting.get(n.wrapping_sub(1)).is_some_and(|s| s.seg == st.open_id) {
+            self.freeze(st, 0);
+        }
+        let mut segs: Vec<Arc<Segment>> = Vec::new();
+        let mut refs = Vec::with_capacity(n);
+        let mut current = u64::MAX;
+        let mut bytes = 0usize;
+        let first_frozen = st.frozen.front().map_or(0, |f| f.0);
+        for slot in st.waiting.drain(..n) {
+            if slot.seg != current {
+                current = slot.seg;
+                segs.push(st.frozen[(slot.seg - first_frozen) as usize].1.clone());
+            }
+            bytes += slot.len as usize;
+            refs.push(EventRef { seg: (segs.len() - 1) as u32, off: slot.off, len: slot.len, producer: slot.producer });
+        }
+        let oldest_needed = st.waiting.front().map_or(st.open_id, |s| s.seg);
+        while st.frozen.front().is_some_and(|f| f.0 < oldest_needed) {
+            st.frozen.pop_front();
+        }
+        let data = Arc::new(EventsData { segs, refs });
+        let id = self.tracker.open(data.clone(), bytes);
+        Batch::new(id, Events::new(data, Selection::Range(0..n as u32)), self.tracker.clone())
+    }
+
+    fn copy_payload(st: &State, slot: &Slot) -> Vec<u8> {
+        let (start, end) = (slot.off as usize, slot.off as usize + slot.len as usize);
+        if slot.seg == st.open_id {
+            st.open[start..end].to_vec()
+        } else {
+            let first = st.frozen.front().map_or(0, |f| f.0);
+            st.frozen[(slot.seg - first) as usize].1.bytes()[start..end].to_vec()
+        }
+    }
+}
+
+impl Queue for MemQueue {
+    fn register(&self, options: ProducerOptions) -> Result<ProducerKey> {
+        if lock(&self.state).input_closed {
+            return Err(Error::Closed);
+        }
+        let (key, state) = self.tracker.register(options);
+        Ok(ProducerKey { key, state })
+    }
+
+    fn unregister(&self, producer: &ProducerKey) {
+        self.tracker.detach(producer.key, &producer.state);
+    }
+
+    fn publish(&self, producer: &ProducerKey, event: &[u8], timeout: Option<Duration>) -> Result<()> {
+        check_event_len(event.len(), &self.settings)?;
+        let st = lock(&self.state);
+        let mut st = self.wait_room(st, &producer.state, event.len(), timeout_deadline(timeout))?;
+        let before = st.waiting.len();
+        self.push(&mut st, producer.key, event);
+        self.tracker.accept(&producer.state, 1);
+        self.signal_consumers(&st, before);
+        Ok(())
+    }
+
+    fn try_publish(&self, producer: &ProducerKey, event: &[u8]) -> Result<()> {
+        check_event_len(event.len(), &self.settings)?;
+        let mut st = lock(&self.state);
+        Self::check_open(&st, &producer.state)?;
+        if !self.has_room(&st, event.len()) {
+            return Err(Error::Full);
+        }
+        let before = st.waiting.len();
+        self.push(&mut st, producer.key, event);
+        self.tracker.accept(&producer.state, 1);
+        self.signal_consumers(&st, before);
+        Ok(())
+    }
+
+    fn publish_batch(&self, producer: &ProducerKey, events: &[&[u8]], timeout: Option<Duration>) -> Result<usize> {
+        if let Some(e) = events.iter().find(|e| check_event_len(e.len(), &self.settings).is_err()) {
+            check_event_len(e.len(), &self.settings)?;
+        }
+        let deadline = timeout_deadline(timeout);
+        let mut accepted = 0;
+        let mut st = lock(&self.state);
+        while accepted < events.len() {
+            st = match self.wait_room(st, &producer.state, events[accepted].len(), deadline) {
+                Ok(g) => g,
+                Err(e) if accepted == 0 => return Err(e),
+                Err(_) => return Ok(accepted),
+            };
+            let before = st.waiting.len();
+            let start = accepted;
+            while accepted < events.len() && self.has_room(&st, events[accepted].len()) {
+                self.push(&mut st, producer.key, events[accepted]);
+                accepted += 1;
+            }
+            self.tracker.accept(&producer.state, (accepted - start) as u64);
+            self.signal_consumers(&st, before);
+        }
+        Ok(accepted)
+    }
+
+    fn cancel(&self, producer: &ProducerKey) -> usize {
+        producer.state.cancelled.store(true, Ordering::Release);
+        let mut st = lock(&self.state);
+        let mut removed = Vec::new();
+        if producer.state.options.drop_on_cancel {
+            let mut freed_bytes = 0;
+            let mut kept = VecDeque::with_capacity(st.waiting.len());
+            for slot in std::mem::take(&mut st.waiting) {
+                if slot.producer == producer.key {
+                    removed.push(Self::copy_payload(&st, &slot));
+                    freed_bytes += slot.len as usize;
+                } else {
+                    kept.push_back(slot);
+                }
+            }
+            st.waiting = kept;
+            st.events -= removed.len();
+            st.bytes -= freed_bytes;
+        }
+        self.not_full.notify_all();
+        drop(st);
+        let n = removed.len();
+        self.tracker.report_removed(producer.key, removed);
+        n
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn get_since(&self, max: usize, epoch: u64) -> Result<Option<Batch>> {
+        let max = max.max(1);
+        let want = max.min(self.settings.flush_min_events.max(1));
+        let mut st = lock(&self.state);
+        let mut flush_deadline: Option<Instant> = None;
+        loop {
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return Ok(None);
+            }
+            let avail = st.waiting.len();
+            if avail > 0 {
+                let due = avail >= want
+                    || st.input_closed
+                    || self.settings.flush_timeout.is_zero()
+                    || flush_deadline.is_some_and(|d| Instant::now() >= d);
+                if due {
+                    return Ok(Some(self.take(&mut st, max)));
+                }
+                flush_deadline.get_or_insert_with(|| Instant::now() + self.settings.flush_timeout);
+            }
+            st.blocked_consumers += 1;
+            st.consumer_want = st.consumer_want.min(want);
+            st = match flush_deadline {
+                None => self.not_empty.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    self.not_empty.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+            st.blocked_consumers -= 1;
+            if st.blocked_consumers == 0 {
+                st.consumer_want = usize::MAX;
+            }
+        }
+    }
+
+    fn try_get(&self, max: usize) -> Result<Option<Batch>> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if st.waiting.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.take(&mut st, max.max(1))))
+    }
+
+    fn wake_consumers(&self) {
+        let _st = lock(&self.state);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.not_empty.notify_all();
+    }
+
+    fn close_input(&self) {
+        let mut st = lock(&self.state);
+        st.input_closed = true;
+        self.not_full.notify_all();
+        self.not_empty.notify_all();
+    }
+
+    fn close(&self) -> Option<Batch> {
+        let mut st = lock(&self.state);
+        st.input_closed = true;
+        let rest = if st.closed || st.waiting.is_empty() {
+            None
+        } else {
+            let n = st.waiting.len();
+            Some(self.take(&mut st, n))
+        };
+        st.closed = true;
+        self.not_full.notify_all();
+        self.not_empty.notify_all();
+        rest
+    }
+
+    fn flush(&self, timeout: Option<Duration>) -> Result<()> {
+        self.tracker.wait_reported(timeout_deadline(timeout))
+    }
+
+    fn shutdown(&self) {
+        self.tracker.shutdown();
+    }
+
+    fn in_callback(&self) -> bool {
+        self.tracker.on_dispatcher()
+    }
+
+    fn totals(&self) -> ProducerCounts {
+        self.tracker.totals()
+    }
+
+    fn stats(&self) -> QueueStats {
+        let st = lock(&self.state);
+        QueueStats {
+            events: st.events,
+            bytes: st.bytes,
+            waiting: st.waiting.len(),
+            open_batches: self.tracker.open_batches(),
+            capacity_events: self.settings.events,
+            capacity_bytes: self.settings.bytes,
+        }
+    }
+
+    fn is_guaranteed(&self, producer: u32) -> bool {
+        self.tracker.is_guaranteed(producer)
+    }
+}
