@@ -29,6 +29,7 @@
 //! pipeline.close(Duration::from_secs(5)).unwrap();
 //! ```
 
+pub mod capi;
 pub mod client;
 pub mod config;
 pub mod error;

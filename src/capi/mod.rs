@@ -1,0 +1,1 @@
+//! The C ABI (see include/conveyor.h). The only module with `extern "C"` and `unsafe`.
