@@ -126,7 +126,7 @@ impl PipelineBuilder {
             Arc::new(move || Box::new(ExponentialBackoff::new(init, max)) as Box<dyn RetryStrategy>)
         });
         let shutdown = Shutdown::new();
-        let shared = Shared::new(queue.clone(), config.clone(), shutdown.clone(), self.logger.clone(), strategy);
+        let shared = Shared::new(queue.clone(), mode, config.clone(), shutdown.clone(), self.logger.clone(), strategy);
         let output = Output::start(shared, mode, std::mem::take(&mut self.clients))?;
         self.logger.log(Level::Info, &format!("pipeline started in mode {}", mode.as_str()));
         Ok(Pipeline { queue, output, shutdown, closed: Mutex::new(None), logger: self.logger.clone() })

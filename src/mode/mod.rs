@@ -94,8 +94,11 @@ pub(crate) struct Shared {
     pub(crate) logger: Logger,
     pub(crate) counters: OutputCounters,
     pub(crate) strategy: StrategyFactory,
+    pub(crate) mode: Mode,
     retry_lane: Mutex<VecDeque<Work>>,
     connected: AtomicUsize,
+    /// Since when no load-balancing worker has been connected (or last charged).
+    starved_since: Mutex<Instant>,
     in_flight: Mutex<HashMap<u64, Arc<InFlight>>>,
     next_in_flight: AtomicU64,
 }
@@ -103,6 +106,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         queue: Arc<dyn Queue>,
+        mode: Mode,
         config: Config,
         shutdown: Arc<Shutdown>,
         logger: Logger,
@@ -115,8 +119,10 @@ impl Shared {
             logger,
             counters: OutputCounters::default(),
             strategy,
+            mode,
             retry_lane: Mutex::new(VecDeque::new()),
             connected: AtomicUsize::new(0),
+            starved_since: Mutex::new(Instant::now()),
             in_flight: Mutex::new(HashMap::new()),
             next_in_flight: AtomicU64::new(0),
         }
@@ -148,8 +154,30 @@ impl Shared {
     pub(crate) fn set_connected(&self, up: bool) {
         if up {
             self.connected.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.connected.fetch_sub(1, Ordering::AcqRel);
+        } else if self.connected.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.starved_since) = Instant::now();
+        }
+    }
+
+    /// While no load-balancing worker is connected, every `timeout` counts as one
+    /// failed attempt for each waiting batch (libbeat's "no worker available"), so
+    /// non-guaranteed events are not held forever when every host is down.
+    pub(crate) fn charge_starved(&self) {
+        {
+            let mut since = lock(&self.starved_since);
+            if self.connected() > 0 || since.elapsed() < self.config.timeout {
+                return;
+            }
+            *since = Instant::now();
+        }
+        let mut waiting: Vec<Work> = lock(&self.retry_lane).drain(..).collect();
+        while let Ok(Some(batch)) = self.queue.try_get(self.config.effective_batch_size()) {
+            waiting.push(self.new_work(batch));
+        }
+        let survivors: Vec<Work> = waiting.into_iter().filter_map(|w| self.charge(w, false)).collect();
+        if !survivors.is_empty() {
+            lock(&self.retry_lane).extend(survivors);
+            self.queue.wake_consumers();
         }
     }
 

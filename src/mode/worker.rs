@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use super::failover::HostChooser;
 use super::{guarded, validate, ClientSpec, Shared, Window, Work};
 use crate::client::{AnyClient, Completion, Published, Status};
+use crate::config::Mode;
 use crate::error::{Error, Result};
 use crate::log::Level;
 use crate::queue::lock;
@@ -143,8 +144,8 @@ impl Worker {
         let shared = self.shared.clone();
         let counters = self.clients[self.active].counters.clone();
         counters.set_state(WorkerState::Connecting);
-        if shared.connected() == 0 && self.held.is_none() {
-            // Nobody can deliver: take work first so that failed connects count
+        if shared.mode != Mode::LoadBalance && self.held.is_none() {
+            // The only worker: take work first so that failed connects count
             // against it (a batch is not stranded while every host is down).
             match self.next_work() {
                 Some(w) => self.held = Some(w),
@@ -174,6 +175,9 @@ impl Worker {
                     if let Some(w) = shared.charge(w, false) {
                         shared.push_retry(w);
                     }
+                }
+                if shared.mode == Mode::LoadBalance {
+                    shared.charge_starved();
                 }
                 self.after_failure(true);
                 let wait = self.connect_backoff.failure();
