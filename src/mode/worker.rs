@@ -196,9 +196,12 @@ impl Worker {
             c.set_state(WorkerState::Backoff);
         }
         self.shared.shutdown.sleep(wait);
+        // A temporary failure backs off on a live connection: the worker resumes
+        // publishing on it without reconnecting, so it is active again, not connecting.
+        let connected = self.clients.get(self.active).is_some_and(|c| c.connected);
         if let Some(c) = &counters {
             if c.state() == WorkerState::Backoff {
-                c.set_state(WorkerState::Connecting);
+                c.set_state(if connected { WorkerState::Active } else { WorkerState::Connecting });
             }
         }
     }
