@@ -79,3 +79,20 @@ impl Error {
         self.kind() == ErrorKind::Retriable
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_classify_every_variant() {
+        assert_eq!(Error::Full.kind(), ErrorKind::Retriable);
+        assert_eq!(Error::Timeout.kind(), ErrorKind::Retriable);
+        assert_eq!(Error::Client("x".into()).kind(), ErrorKind::Retriable);
+        assert_eq!(Error::Closed.kind(), ErrorKind::Closed);
+        assert_eq!(Error::Cancelled.kind(), ErrorKind::Closed);
+        assert_eq!(Error::config("worker", "bad").kind(), ErrorKind::Fatal);
+        assert!(!Error::NoClients.is_retriable());
+        assert_eq!(Error::config("worker", "must be positive").to_string(), "invalid config `worker`: must be positive");
+    }
+}

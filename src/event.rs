@@ -221,3 +221,55 @@ impl std::fmt::Debug for Events {
         f.debug_struct("Events").field("len", &self.len()).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(payloads: &[&[u8]]) -> Events {
+        let pool = Arc::new(SegmentPool::default());
+        let mut data = Vec::new();
+        let mut refs = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            refs.push(EventRef { seg: 0, off: data.len() as u32, len: p.len() as u32, producer: i as u32 % 2 });
+            data.extend_from_slice(p);
+        }
+        let data = Arc::new(EventsData { segs: vec![Arc::new(Segment::new(data, pool))], refs });
+        let n = payloads.len() as u32;
+        Events::new(data, Selection::Range(0..n))
+    }
+
+    #[test]
+    fn split_and_filter_keep_order() {
+        let ev = events(&[b"a", b"bb", b"ccc", b"dddd", b"e"]);
+        let (head, tail) = ev.split_at(2);
+        assert_eq!(head.to_vec(), vec![b"a".to_vec(), b"bb".to_vec()]);
+        assert_eq!(tail.len(), 3);
+        assert_eq!(tail.bytes(), 3 + 4 + 1);
+        let odd = ev.filter_producers(|p| p == 1);
+        assert_eq!(odd.to_vec(), vec![b"bb".to_vec(), b"dddd".to_vec()]);
+        let (first, rest) = odd.split_at(1);
+        assert_eq!((first.get(0), rest.get(0)), (&b"bb"[..], &b"dddd"[..]));
+        assert!(ev.split_at(99).1.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn get_out_of_range_panics_with_a_message() {
+        events(&[b"a"]).get(1);
+    }
+
+    #[test]
+    fn segments_return_to_the_pool() {
+        let pool = Arc::new(SegmentPool::default());
+        let buf = pool.take(0);
+        assert_eq!(buf.capacity(), SEGMENT_BYTES);
+        drop(Segment::new(buf, pool.clone()));
+        let again = pool.take(0);
+        assert_eq!(again.capacity(), SEGMENT_BYTES);
+        assert!(pool.free.lock().unwrap().is_empty(), "the pooled buffer was reused");
+        let big = pool.take(SEGMENT_BYTES * 2);
+        drop(Segment::new(big, pool.clone()));
+        assert!(pool.free.lock().unwrap().is_empty(), "odd-sized buffers are not pooled");
+    }
+}

@@ -123,8 +123,7 @@ fn run(seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mode = [Mode::Single, Mode::Failover, Mode::LoadBalance][rng.gen_range(0..3)];
     let n_clients = if mode == Mode::Single { 1 } else { rng.gen_range(2..=4) };
-    let mut c = Config::default();
-    c.mode = Some(mode);
+    let mut c = Config { mode: Some(mode), ..Config::default() };
     c.failover_policy = if rng.gen() { FailoverPolicy::Random } else { FailoverPolicy::Ordered };
     c.max_retries = [None, Some(0), Some(1), Some(3)][rng.gen_range(0..4)];
     c.backoff_init = Duration::from_micros(rng.gen_range(0..500));

@@ -243,12 +243,9 @@ fn durations_accept_units() {
 
 #[test]
 fn validate_checks_relations_between_keys() {
-    let mut c = Config::default();
-    c.backoff_init = Duration::from_secs(10);
-    c.backoff_max = Duration::from_secs(1);
+    let c = Config { backoff_init: Duration::from_secs(10), backoff_max: Duration::from_secs(1), ..Config::default() };
     assert!(matches!(c.validate(), Err(Error::Config { key, .. }) if key == "backoff.max"));
-    let mut c = Config::default();
-    c.worker = 0;
+    let c = Config { worker: 0, ..Config::default() };
     let err = Pipeline::builder(c).client(Mock::ok("a", &Recorder::new())).build().unwrap_err();
     assert!(matches!(err, Error::Config { key, .. } if key == "worker"));
 }

@@ -431,3 +431,55 @@ impl Queue for MemQueue {
         self.tracker.is_guaranteed(producer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::SEGMENT_BYTES;
+    use crate::queue::Producer;
+
+    #[test]
+    fn events_larger_than_a_segment_and_across_segments_round_trip() {
+        let q = MemQueue::new(QueueSettings { events: 64, ..QueueSettings::default() }, None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        let big: Vec<u8> = (0..SEGMENT_BYTES * 2 + 7).map(|i| i as u8).collect();
+        let mid: Vec<u8> = vec![9; SEGMENT_BYTES / 2 + 1];
+        let payloads = [mid.clone(), mid.clone(), big.clone(), b"tail".to_vec()];
+        for e in &payloads {
+            p.publish(e, None).unwrap();
+        }
+        let batch = q.get(64).unwrap().expect("a batch");
+        assert_eq!(batch.events().to_vec(), payloads.to_vec());
+        batch.ack().unwrap();
+        q.flush(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(q.stats().bytes, 0);
+    }
+
+    #[test]
+    fn empty_events_are_carried() {
+        let q = MemQueue::new(QueueSettings::default(), None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        p.publish(b"", None).unwrap();
+        p.publish(b"x", None).unwrap();
+        let batch = q.get(8).unwrap().expect("a batch");
+        assert_eq!(batch.events().to_vec(), vec![b"".to_vec(), b"x".to_vec()]);
+    }
+
+    #[test]
+    fn publish_after_close_input_is_refused_and_register_too() {
+        let q = MemQueue::new(QueueSettings::default(), None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        q.close_input();
+        assert_eq!(p.publish(b"x", None), Err(Error::Closed));
+        assert_eq!(p.publish_batch(&[b"x"], None), Err(Error::Closed));
+        assert!(matches!(Producer::new(q.clone(), ProducerOptions::default()), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_wake_returns_a_blocked_get_without_work() {
+        let q = MemQueue::new(QueueSettings::default(), None).unwrap();
+        let epoch = q.epoch();
+        q.wake_consumers();
+        assert!(q.get_since(8, epoch).unwrap().is_none());
+    }
+}

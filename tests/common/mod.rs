@@ -14,15 +14,16 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A config with fast backoff and small batches for tests.
 pub fn fast_config() -> Config {
-    let mut c = Config::default();
-    c.backoff_init = Duration::from_millis(1);
-    c.backoff_max = Duration::from_millis(5);
-    c.timeout = Duration::from_millis(200);
-    c.flush_min_events = 0;
-    c.flush_timeout = Duration::ZERO;
-    c.bulk_max_size = 64;
-    c.queue_events = 1024;
-    c
+    Config {
+        backoff_init: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(5),
+        timeout: Duration::from_millis(200),
+        flush_min_events: 0,
+        flush_timeout: Duration::ZERO,
+        bulk_max_size: 64,
+        queue_events: 1024,
+        ..Config::default()
+    }
 }
 
 /// Everything the mock clients of one test saw.
