@@ -39,6 +39,7 @@ pub(crate) mod mode;
 pub mod pipeline;
 pub mod queue;
 pub mod retry;
+pub mod sink;
 pub mod stats;
 
 pub use client::{AnyClient, AsyncClient, Client, ClientFactory, Completion, ConnectError, Published, Status};
@@ -47,7 +48,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::Events;
 pub use log::{Level, LogFn, Logger};
 pub use pipeline::{CloseReport, Pipeline, PipelineBuilder};
-pub use queue::{Batch, Producer, ProducerCounts, ProducerOptions, Queue, QueueSettings, QueueStats};
+pub use queue::{AckCallback, Batch, DropCallback, Producer, ProducerCounts, ProducerOptions, Queue, QueueSettings, QueueStats};
 pub use retry::{Breaker, ExponentialBackoff, RetryStrategy, Shutdown, StrategyFactory};
 pub use stats::{ClientStats, Stats, WorkerState};
 
