@@ -1,5 +1,6 @@
 //! The worker loop shared by every mode.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,28 +93,16 @@ impl Worker {
     pub(crate) fn run(mut self) {
         self.mark_states();
         loop {
-            self.apply_control();
-            if self.stopping() {
-                break;
-            }
-            if !self.clients[self.active].connected && !self.connect() {
-                continue;
-            }
-            let is_async = matches!(self.clients[self.active].spec.client, AnyClient::Async(_));
-            if is_async && !self.wait_window() {
-                continue;
-            }
-            let work = match self.held.take() {
-                Some(w) => w,
-                None => match self.next_work() {
-                    Some(w) => w,
-                    None => continue,
-                },
-            };
-            if is_async {
-                self.publish_async(work);
-            } else {
-                self.publish_sync(work);
+            match catch_unwind(AssertUnwindSafe(|| self.step())) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(_) => {
+                    let msg = "a conveyor worker hit an internal error (panic); it carries on";
+                    self.shared.logger.log(Level::Error, msg);
+                    if let Some(c) = self.clients.get(self.active) {
+                        c.counters.error(msg.into());
+                    }
+                }
             }
         }
         if let Some(w) = self.held.take() {
@@ -122,6 +111,34 @@ impl Worker {
         for i in 0..self.clients.len() {
             self.retire(i);
         }
+    }
+
+    /// One turn of the worker loop; false once the worker should stop.
+    fn step(&mut self) -> bool {
+        self.apply_control();
+        if self.stopping() {
+            return false;
+        }
+        if !self.clients[self.active].connected && !self.connect() {
+            return true;
+        }
+        let is_async = matches!(self.clients[self.active].spec.client, AnyClient::Async(_));
+        if is_async && !self.wait_window() {
+            return true;
+        }
+        let work = match self.held.take() {
+            Some(w) => w,
+            None => match self.next_work() {
+                Some(w) => w,
+                None => return true,
+            },
+        };
+        if is_async {
+            self.publish_async(work);
+        } else {
+            self.publish_sync(work);
+        }
+        true
     }
 
     /// The next batch: the retry lane first, then the queue. `None` when woken
