@@ -215,8 +215,8 @@ impl AckTracker {
     /// Counts `n` events of `producer` as accepted. Called under the queue lock, so
     /// an event is counted before any consumer can take it.
     pub(crate) fn accept(&self, producer: &ProducerState, n: u64) {
-        producer.accepted.fetch_add(n, Ordering::AcqRel);
-        self.accepted.fetch_add(n, Ordering::AcqRel);
+        producer.accepted.store(producer.accepted.load(Ordering::Relaxed) + n, Ordering::Release);
+        self.accepted.store(self.accepted.load(Ordering::Relaxed) + n, Ordering::Release);
     }
 
     /// Records a batch taken by a consumer and returns its id. Must be called in take

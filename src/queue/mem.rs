@@ -147,7 +147,7 @@ impl MemQueue {
     fn signal_consumers(&self, st: &State, before: usize) {
         let after = st.waiting.len();
         if st.blocked_consumers > 0 && (before == 0 || (before < st.consumer_want && after >= st.consumer_want)) {
-            self.not_empty.notify_all();
+            self.not_empty.notify_one();
         }
     }
 
@@ -340,7 +340,11 @@ impl Queue for MemQueue {
                     || self.settings.flush_timeout.is_zero()
                     || flush_deadline.is_some_and(|d| Instant::now() >= d);
                 if due {
-                    return Ok(Some(self.take(&mut st, max)));
+                    let batch = self.take(&mut st, max);
+                    if st.blocked_consumers > 0 && !st.waiting.is_empty() {
+                        self.not_empty.notify_one();
+                    }
+                    return Ok(Some(batch));
                 }
                 flush_deadline.get_or_insert_with(|| Instant::now() + self.settings.flush_timeout);
             }
