@@ -1,6 +1,6 @@
 # Python binding (python/): a virtual environment under build/, the abi3 wheel built
-# by maturin and installed into it, then pytest (tests/python), the demo
-# (examples/python) or the H5 benchmark (python/bench).
+# by maturin and installed into it, then pytest (tests/python) and the stub checks,
+# the demo (examples/python) or the H5 benchmark (python/bench).
 
 PYTHON ?= python3
 PY_VENV := build/python-venv
@@ -23,7 +23,7 @@ $(PY_BIN)/maturin:
 	rm -rf $(PY_VENV)
 	$(PYTHON) -m venv $(PY_VENV)
 	$(PY_BIN)/pip install -q --upgrade pip
-	$(PY_BIN)/pip install -q "maturin>=1.9,<2" "pytest>=7"
+	$(PY_BIN)/pip install -q "maturin>=1.9,<2" "pytest>=7" "mypy==2.4.1"
 
 python-venv: $(PY_BIN)/maturin
 
@@ -32,8 +32,13 @@ python-wheel: python-venv
 	cd python && ../$(PY_BIN)/maturin build --release --quiet --interpreter ../$(PY_BIN)/python -o ../$(PY_WHEELS)
 	$(PY_BIN)/pip install -q --force-reinstall --no-deps $(PY_WHEELS)/conveyor-*.whl
 
+# The stubs must match the native module, and the package, the demo and the
+# benchmark must type-check strictly against them.
 test-python: python-wheel
 	$(PY_BIN)/python -m pytest -q -p no:cacheprovider tests/python
+	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy.stubtest conveyor._conveyor
+	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy --strict -p conveyor
+	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy --strict examples/python/demo.py python/bench/bench_python.py
 
 demo-python: python-wheel
 	$(PY_BIN)/python examples/python/demo.py

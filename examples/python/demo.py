@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import conveyor
 
@@ -44,8 +44,8 @@ class OneLineErrors(logging.Formatter):
     """Client exceptions reach the `conveyor` logger with their traceback; the demo
     shows just the exception."""
 
-    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
-        return f"    {ei[0].__name__}: {ei[1]}"
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return f"    {type(ei[1]).__name__}: {ei[1]}"
 
 
 def main() -> None:

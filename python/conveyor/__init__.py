@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import time
-from typing import Callable, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from . import _conveyor
 from ._conveyor import CONFIG_KEYS, Completion, Producer, __version__
@@ -105,8 +105,6 @@ class AsyncClient:
         raise NotImplementedError
 
 
-AnyClient = Union[Client, AsyncClient]
-
 
 class Pipeline(_conveyor.Pipeline):
     """A bounded queue in front of clients in one output mode (`single`,
@@ -114,8 +112,9 @@ class Pipeline(_conveyor.Pipeline):
 
     `Pipeline(clients, **config)`, or `Pipeline(hosts=[...], factory=f, **config)`
     to build one client per host with `f(host)`. A context manager: leaving the
-    block closes it. Pipelines still open when the interpreter exits are closed
-    with a zero timeout (their undelivered events are reported dropped).
+    block closes it (waiting up to 30 s for delivery, or not at all when leaving
+    by Ctrl-C). Pipelines still open when the interpreter exits are closed with a
+    zero timeout. What a close could not deliver is reported to `on_drop`.
     """
 
     async def flush_async(self, timeout: Optional[float] = None) -> None:
@@ -132,7 +131,7 @@ class Pipeline(_conveyor.Pipeline):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
 
-    async def close_async(self, timeout: Optional[float] = 30.0) -> dict:
+    async def close_async(self, timeout: Optional[float] = 30.0) -> Dict[str, Union[int, bool]]:
         """`close` for asyncio, run on the default executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.close, timeout)
@@ -140,12 +139,12 @@ class Pipeline(_conveyor.Pipeline):
     async def __aenter__(self) -> "Pipeline":
         return self
 
-    async def __aexit__(self, *exc: object) -> bool:
-        await self.close_async()
+    async def __aexit__(self, exc_type: Optional[type], *exc: object) -> bool:
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, asyncio.CancelledError)):
+            self.close(0)
+        else:
+            await self.close_async()
         return False
 
-
-OnAck = Callable[[int], object]
-OnDrop = Callable[[List[bytes]], object]
 
 atexit.register(_conveyor._close_all_at_exit)

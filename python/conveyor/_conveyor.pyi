@@ -3,13 +3,15 @@
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, List, Optional, Type, Union
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base, final
 
-Buffer = Union[bytes, bytearray, memoryview]
+_Buffer = Union[bytes, bytearray, memoryview]
 
+__all__ = ["__version__", "CONFIG_KEYS", "Pipeline", "Producer", "Completion", "_close_all_at_exit"]
 __version__: str
 CONFIG_KEYS: List[str]
 
+@final
 class Completion:
     """The `done` callable given to `AsyncClient.publish_async`; call it once."""
 
@@ -18,13 +20,15 @@ class Completion:
     def __call__(self, count: Optional[int] = None, error: Optional[BaseException] = None) -> None: ...
     def __len__(self) -> int: ...
 
+@final
 class Producer:
-    def publish(self, data: Buffer, timeout: Optional[float] = None) -> None: ...
-    def try_publish(self, data: Buffer) -> None: ...
-    def publish_batch(self, events: Iterable[Buffer], timeout: Optional[float] = None) -> int: ...
+    def publish(self, data: _Buffer, timeout: Optional[float] = None) -> None: ...
+    def try_publish(self, data: _Buffer) -> None: ...
+    def publish_batch(self, events: Iterable[_Buffer], timeout: Optional[float] = None) -> int: ...
     def cancel(self) -> int: ...
     def counts(self) -> Dict[str, int]: ...
 
+@disjoint_base
 class Pipeline:
     def __new__(
         cls,
@@ -69,9 +73,9 @@ class Pipeline:
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: Optional[Type[BaseException]] = None,
+        _exc: Optional[BaseException] = None,
+        _tb: Optional[TracebackType] = None,
     ) -> bool: ...
 
 def _close_all_at_exit() -> None: ...

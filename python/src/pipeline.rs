@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use conveyor::{Error, ProducerCounts, ProducerOptions};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple, PyType};
+use pyo3::Borrowed;
 
 use crate::bridge::{detached, drain_logs, engine_logger, Bridge};
 use crate::clients::{ack_callback, drop_callback, wrap};
@@ -169,7 +170,7 @@ impl PyPipeline {
     /// Stops accepting events, delivers what it can within `timeout` seconds, drops
     /// (and reports) the rest, closes the clients. Idempotent: a second call returns
     /// the first report, `{"accepted", "acked", "dropped", "drained"}`.
-    #[pyo3(signature = (timeout=DEFAULT_CLOSE_TIMEOUT))]
+    #[pyo3(signature = (timeout=DEFAULT_CLOSE_TIMEOUT), text_signature = "(self, timeout=30.0)")]
     fn close<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
         let timeout = timeout_arg(py, "timeout", timeout)?.unwrap_or(Duration::MAX);
         let shared = self.shared.clone();
@@ -236,9 +237,21 @@ impl PyPipeline {
         slf
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py, Some(DEFAULT_CLOSE_TIMEOUT))?;
+    /// Closes the pipeline: waiting up to 30 s for delivery, or not at all when the
+    /// block is left by Ctrl-C (what is undelivered is reported dropped).
+    #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let interrupted = match exc_type.and_then(|t| t.cast::<PyType>().ok()) {
+            Some(t) => t.is_subclass_of::<PyKeyboardInterrupt>()?,
+            None => false,
+        };
+        self.close(py, Some(if interrupted { 0.0 } else { DEFAULT_CLOSE_TIMEOUT }))?;
         Ok(false)
     }
 
@@ -330,16 +343,17 @@ impl PyProducer {
     /// passed). Raises `TimeoutError` if none was accepted in time.
     #[pyo3(signature = (events, timeout=None))]
     fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>, timeout: Option<f64>) -> PyResult<usize> {
-        // Own a reference to every item: another thread may change the list while
-        // the payloads are read detached.
-        let items: Vec<Bound<'_, PyAny>> = if let Ok(list) = events.cast::<PyList>() {
-            list.iter().collect()
-        } else if let Ok(tuple) = events.cast::<PyTuple>() {
-            tuple.iter().collect()
+        // A tuple owns every item: another thread may change a list while the
+        // payloads are read detached. Borrowing from it costs no reference counting.
+        let tuple = if let Ok(tuple) = events.cast::<PyTuple>() {
+            tuple.clone()
+        } else if let Ok(list) = events.cast::<PyList>() {
+            list.to_tuple()
         } else {
-            events.try_iter()?.collect::<PyResult<_>>()?
+            PyTuple::new(py, events.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
         };
-        let payloads: Vec<Cow<'_, [u8]>> = items.iter().map(payload).collect::<PyResult<_>>()?;
+        let items: Vec<Borrowed<'_, '_, PyAny>> = tuple.iter_borrowed().collect();
+        let payloads: Vec<Cow<'_, [u8]>> = items.iter().map(|item| payload(item)).collect::<PyResult<_>>()?;
         let views: Vec<&[u8]> = payloads.iter().map(|p| p.as_ref()).collect();
         if views.is_empty() {
             return Ok(0);

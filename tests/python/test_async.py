@@ -145,6 +145,30 @@ def test_flush_async_and_async_context_manager(outcomes: Outcomes):
     asyncio.run(main())
 
 
+def test_cancelling_the_task_in_an_async_with_block_closes_without_waiting(outcomes: Outcomes):
+    class Refuses(Recorder):
+        def publish(self, events):
+            raise conveyor.Retry("busy")
+
+    pipelines = []
+
+    async def body() -> None:
+        async with conveyor.Pipeline([Refuses()], max_retries=-1, **FAST) as p:
+            pipelines.append(p)
+            p.producer(on_drop=outcomes.on_drop, guaranteed=True).publish_batch(events(3))
+            await asyncio.sleep(WAIT)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(body())
+        await asyncio.get_running_loop().run_in_executor(None, wait_until, lambda: bool(pipelines))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, WAIT)
+
+    asyncio.run(main())
+    assert pipelines[0].closed and sorted(outcomes.dropped) == events(3)
+
+
 def test_flush_async_can_be_cancelled():
     gate = Gate()
 

@@ -81,6 +81,16 @@ def test_an_exception_inside_the_with_block_still_closes():
     assert p.closed and client.delivered == [b"x"]
 
 
+def test_ctrl_c_in_the_with_block_closes_without_waiting(outcomes: Outcomes):
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with conveyor.Pipeline([Refuses()], max_retries=-1, **FAST) as p:
+            p.producer(on_drop=outcomes.on_drop, guaranteed=True).publish_batch(events(5))
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 10, "a normal exit would wait 30 s for delivery"
+    assert p.closed and sorted(outcomes.dropped) == events(5)
+
+
 def test_dropping_the_last_reference_closes_the_pipeline(outcomes: Outcomes):
     client = Refuses()
     p = conveyor.Pipeline([client], max_retries=-1, **FAST)
