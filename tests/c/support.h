@@ -374,9 +374,10 @@ typedef struct sink {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   counter acks, ack_calls, drops, drop_calls, frees, seq_sum, late_callbacks;
-  /* re-entrant publishing from on_ack */
+  /* re-entrant calls from on_ack */
   conveyor_pipeline *pipeline;
   conveyor_producer *producer;
+  conveyor_producer *free_on_ack; /* freed by the first on_ack */
   counter published, target, reentry_errors;
 } sink;
 
@@ -408,6 +409,10 @@ static void sink_on_ack(void *userdata, uint64_t count) {
   }
   add(&s->acks, count);
   add(&s->ack_calls, 1);
+  if (s->free_on_ack != NULL) {
+    conveyor_producer_free(s->free_on_ack);
+    s->free_on_ack = NULL;
+  }
   if (s->producer != NULL) {
     /* Re-entrant: publish more from the callback, until the target. */
     while (get(&s->published) < get(&s->target)) {

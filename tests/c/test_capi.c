@@ -936,6 +936,40 @@ static void test_reentrant_publish_from_ack(void) {
   CHECK(get(&s.frees) == 1);
 }
 
+static void test_producer_freed_from_its_own_ack(void) {
+  probe pr;
+  sink s;
+  gate g;
+  conveyor_config *cfg = fast_config();
+  conveyor_pipeline *p = NULL;
+  conveyor_producer *prod = NULL;
+  conveyor_producer_config pc;
+  client *c;
+  uint64_t i;
+  probe_init(&pr);
+  sink_init(&s);
+  gate_init(&g);
+  c = client_new(&pr);
+  c->gate = &g;
+  CHECK_OK(config_add(cfg, c));
+  CHECK_OK(conveyor_config_set(cfg, "bulk_max_size", "10"));
+  CHECK_OK(conveyor_pipeline_new(cfg, &p));
+  pc = sink_config(&s, 0, 0);
+  CHECK_OK(conveyor_producer_new(p, &pc, &prod));
+  for (i = 0; i < 100; i++) {
+    CHECK_OK(publish_seq(prod, i));
+  }
+  s.free_on_ack = prod; /* the dispatcher frees it from the first on_ack */
+  gate_open(&g);
+  CHECK_OK(conveyor_pipeline_flush(p, WAIT_MS));
+  /* Its other events were still reported, then its userdata was freed, once. */
+  CHECK(get(&s.acks) == 100);
+  CHECK(sink_wait_freed(&s) && get(&s.late_callbacks) == 0);
+  conveyor_pipeline_free(p);
+  CHECK(get(&s.frees) == 1);
+  gate_destroy(&g);
+}
+
 static void test_reentry_from_client_callback(void) {
   probe pr;
   sink s;
@@ -1508,6 +1542,7 @@ int main(void) {
       HARNESS_TEST(test_connect_failures_retry),
       HARNESS_TEST(test_guaranteed_never_dropped),
       HARNESS_TEST(test_reentrant_publish_from_ack),
+      HARNESS_TEST(test_producer_freed_from_its_own_ack),
       HARNESS_TEST(test_reentry_from_client_callback),
       HARNESS_TEST(test_async_completion_from_other_threads),
       HARNESS_TEST(test_async_misbehaviour),
