@@ -36,7 +36,7 @@ mod header {
     pub fn generate() {
         let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let target = root.join("include").join("conveyor.h");
-        for watched in ["cbindgen.toml", "src", "include/conveyor.h"] {
+        for watched in ["cbindgen.toml", "src/capi", "include/conveyor.h"] {
             println!("cargo:rerun-if-changed={}", root.join(watched).display());
         }
         println!("cargo:rerun-if-env-changed=CONVEYOR_UPDATE_HEADER");
@@ -46,7 +46,8 @@ mod header {
         config.after_includes = Some(version_macros());
         let mut fresh = Vec::new();
         cbindgen::Builder::new()
-            .with_crate(&root)
+            // Only src/capi: nothing the core declares can leak into the C header.
+            .with_src(root.join("src").join("capi").join("mod.rs"))
             .with_config(config)
             .generate()
             .expect("cbindgen generates the header")
