@@ -4,6 +4,7 @@
 //! The header is committed. With the feature on, the build regenerates it in memory and
 //! fails when the committed copy differs, so a stale header can never ship; setting
 //! `CONVEYOR_UPDATE_HEADER=1` (what `make header` does) writes the fresh copy instead.
+//! The version macros are in cbindgen.toml and checked against Cargo.toml here.
 
 use std::env;
 
@@ -41,9 +42,9 @@ mod header {
         }
         println!("cargo:rerun-if-env-changed=CONVEYOR_UPDATE_HEADER");
 
-        let mut config =
+        let config =
             cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is readable and valid");
-        config.after_includes = Some(version_macros());
+        check_version_macros(config.after_includes.as_deref().unwrap_or(""));
         let mut fresh = Vec::new();
         cbindgen::Builder::new()
             // Only src/capi: nothing the core declares can leak into the C header.
@@ -70,22 +71,21 @@ mod header {
         }
     }
 
-    /// Version macros generated from Cargo.toml, so they can never drift from it.
-    fn version_macros() -> String {
+    /// The version macros live in cbindgen.toml (so the cbindgen command line gives the
+    /// same header); they must match Cargo.toml.
+    fn check_version_macros(text: &str) {
         let part = |name: &str| env::var(name).unwrap_or_else(|_| panic!("cargo sets {name}"));
-        format!(
-            "\n/** Major version of the conveyor headers (runtime: conveyor_version()). */\n\
-             #define CONVEYOR_VERSION_MAJOR {}\n\
-             /** Minor version of the conveyor headers. */\n\
-             #define CONVEYOR_VERSION_MINOR {}\n\
-             /** Patch version of the conveyor headers. */\n\
-             #define CONVEYOR_VERSION_PATCH {}\n\
-             /** The version as a string, \"MAJOR.MINOR.PATCH\". */\n\
-             #define CONVEYOR_VERSION_STRING \"{}\"",
-            part("CARGO_PKG_VERSION_MAJOR"),
-            part("CARGO_PKG_VERSION_MINOR"),
-            part("CARGO_PKG_VERSION_PATCH"),
-            part("CARGO_PKG_VERSION"),
-        )
+        let expected = [
+            format!("#define CONVEYOR_VERSION_MAJOR {}", part("CARGO_PKG_VERSION_MAJOR")),
+            format!("#define CONVEYOR_VERSION_MINOR {}", part("CARGO_PKG_VERSION_MINOR")),
+            format!("#define CONVEYOR_VERSION_PATCH {}", part("CARGO_PKG_VERSION_PATCH")),
+            format!("#define CONVEYOR_VERSION_STRING \"{}\"", part("CARGO_PKG_VERSION")),
+        ];
+        for line in expected {
+            assert!(
+                text.lines().any(|l| l == line),
+                "cbindgen.toml: after_includes must contain `{line}` (the version in Cargo.toml)"
+            );
+        }
     }
 }
