@@ -77,8 +77,9 @@ unsafe fn read_config(config: *const conveyor_producer_config) -> FfiResult<Opti
     if config.is_null() {
         return Ok(None);
     }
-    // SAFETY: non-NULL and readable at least up to `struct_size` (contract).
-    let size = unsafe { (*config).struct_size } as usize;
+    // SAFETY: non-NULL, and its first field (offset 0, `#[repr(C)]`) is the `uint32_t
+    // struct_size` (contract); only it is read until it says the rest is there.
+    let size = unsafe { config.cast::<u32>().read() } as usize;
     if size != std::mem::size_of::<conveyor_producer_config>() {
         return Err(Failure::invalid(format!(
             "producer config struct_size is {size}, expected {} (sizeof(conveyor_producer_config))",

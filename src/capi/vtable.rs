@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::boundary::{arg, ffi_value, Failure, FfiResult};
+use super::boundary::{ffi_value, Failure, FfiResult};
 use super::types::{
     conveyor_bytes, conveyor_client_factory, conveyor_client_vtable, conveyor_completion, conveyor_log_callback,
     CONVEYOR_PUBLISH_BROKEN, CONVEYOR_PUBLISH_OK, CONVEYOR_PUBLISH_RETRY,
@@ -76,9 +76,12 @@ impl LogCell {
 /// `vt` is NULL or points to at least a `u32` followed, when that `u32` equals
 /// `sizeof(conveyor_client_vtable)`, by the rest of the struct.
 pub(crate) unsafe fn read_vtable(vt: *const conveyor_client_vtable) -> FfiResult<conveyor_client_vtable> {
-    // SAFETY: NULL or a readable struct whose first field is `struct_size` (contract);
-    // only that field is read before its value says the whole struct is there.
-    let size = unsafe { arg(vt, "vtable")?.struct_size };
+    if vt.is_null() {
+        return Err(Failure::null("vtable"));
+    }
+    // SAFETY: a readable struct whose first field (offset 0, `#[repr(C)]`) is the
+    // `uint32_t struct_size` (contract); only it is read until it says the rest is there.
+    let size = unsafe { vt.cast::<u32>().read() };
     if size as usize != std::mem::size_of::<conveyor_client_vtable>() {
         return Err(Failure::invalid(format!(
             "vtable struct_size is {size}, expected {} (sizeof(conveyor_client_vtable))",

@@ -206,6 +206,15 @@ static void test_add_client_rejects_bad_vtables(void) {
   vt = vtable_for(c);
   vt.publish = NULL;
   CHECK_RESULT(conveyor_config_add_client(cfg, &vt), CONVEYOR_ERR_INVALID_ARGUMENT);
+  {
+    /* A caller with a smaller (older) struct: only struct_size may be read. Heap-allocated
+     * at its real size so ASan and valgrind catch any read past it. */
+    uint32_t *just_size = (uint32_t *)malloc(sizeof *just_size);
+    *just_size = sizeof *just_size;
+    CHECK_RESULT(conveyor_config_add_client(cfg, (const conveyor_client_vtable *)(void *)just_size),
+                 CONVEYOR_ERR_INVALID_ARGUMENT);
+    free(just_size);
+  }
   /* Rejected: the caller keeps the userdata. */
   conveyor_config_free(cfg);
   CHECK(get(&pr.frees) == 0);
@@ -387,6 +396,13 @@ static void test_publish_argument_errors(void) {
   CHECK_RESULT(conveyor_producer_new(p, &pc, NULL), CONVEYOR_ERR_NULL_PARAMETER);
   pc.struct_size = 4;
   CHECK_RESULT(conveyor_producer_new(p, &pc, &prod), CONVEYOR_ERR_INVALID_ARGUMENT);
+  {
+    uint32_t *just_size = (uint32_t *)malloc(sizeof *just_size);
+    *just_size = sizeof *just_size;
+    CHECK_RESULT(conveyor_producer_new(p, (const conveyor_producer_config *)(void *)just_size, &prod),
+                 CONVEYOR_ERR_INVALID_ARGUMENT);
+    free(just_size);
+  }
   pc = sink_config(&s, 2, 0);
   CHECK_RESULT(conveyor_producer_new(p, &pc, &prod), CONVEYOR_ERR_INVALID_ARGUMENT);
   pc = sink_config(&s, 0, 7);
