@@ -191,24 +191,24 @@ impl ForeignClient {
             unsafe { close(self.vt.userdata) }
         }
     }
+}
 
-    /// Turns a C status into the core's, logging (and failing) a value out of range.
-    fn status(&self, code: u32, what: &str) -> Option<Status> {
-        match code {
-            CONVEYOR_PUBLISH_OK => Some(Status::Ok),
-            CONVEYOR_PUBLISH_RETRY => Some(Status::Retry),
-            CONVEYOR_PUBLISH_BROKEN => Some(Status::Broken),
-            bad => {
-                self.log.log(
-                    Level::Error,
-                    &format!(
-                        "{what} returned status {bad}, not a CONVEYOR_PUBLISH_* value; treating the publish as failed"
-                    ),
-                );
-                None
-            }
+/// A C publish result as the core's. A status outside CONVEYOR_PUBLISH_* is logged and
+/// fails the whole batch: nothing of it is trusted, not even the count.
+fn published_as(count: usize, status: u32, len: usize, log: &LogCell, what: &str) -> Published {
+    let status = match status {
+        CONVEYOR_PUBLISH_OK => Status::Ok,
+        CONVEYOR_PUBLISH_RETRY => Status::Retry,
+        CONVEYOR_PUBLISH_BROKEN => Status::Broken,
+        bad => {
+            let msg = format!(
+                "{what}: status {bad} is not a CONVEYOR_PUBLISH_* value; the publish of {len} events counts as failed"
+            );
+            log.log(Level::Error, &msg);
+            return Published::broken(0);
         }
-    }
+    };
+    Published { count, status }
 }
 
 impl Client for ForeignClient {
@@ -230,10 +230,7 @@ impl Client for ForeignClient {
         // SAFETY: a callback of a validated vtable (thread contract as above); the views
         // point into `events`, which outlives the call, and `published` is a live local.
         let code = unsafe { publish(self.vt.userdata, self.views.as_ptr(), self.views.len(), &mut published) };
-        match self.status(code, "publish") {
-            Some(status) => Published { count: published, status },
-            None => Published::broken(0),
-        }
+        published_as(published, code, events.len(), &self.log, "publish callback")
     }
 }
 
@@ -357,22 +354,7 @@ pub extern "C" fn conveyor_completion_done(completion: *mut conveyor_completion,
                 "completion {handle:#x} is not pending: already done, voided when its client was freed, or never issued"
             )));
         };
-        let result = match status {
-            CONVEYOR_PUBLISH_OK => Published { count: published, status: Status::Ok },
-            CONVEYOR_PUBLISH_RETRY => Published::retry(published),
-            CONVEYOR_PUBLISH_BROKEN => Published::broken(published),
-            bad => {
-                p.log.log(
-                    Level::Error,
-                    &format!(
-                        "conveyor_completion_done got status {bad}, not a CONVEYOR_PUBLISH_* value; treating the \
-                         publish of {} events as failed",
-                        p.len
-                    ),
-                );
-                Published::broken(0)
-            }
-        };
+        let result = published_as(published, status, p.len, &p.log, "conveyor_completion_done");
         let PendingCompletion { completion, views, events, .. } = p;
         completion.done(result);
         // C may read the views until it calls done; only now can they go.

@@ -740,7 +740,7 @@ static void test_out_of_range_status_is_a_failure(void) {
   c->bad_status = 7;
   c->bad_status_calls = 2;
   c->check_order = 1;
-  log.needle = "returned status 7, not a CONVEYOR_PUBLISH_* value";
+  log.needle = "publish callback: status 7 is not a CONVEYOR_PUBLISH_* value";
   CHECK_OK(config_add(cfg, c));
   CHECK_OK(conveyor_config_set_logger(cfg, capture_log, &log));
   CHECK_OK(conveyor_pipeline_new(cfg, &p));
@@ -1168,7 +1168,7 @@ static void test_async_misbehaviour(void) {
   ic.bad_status_calls = 1;
   ic.bad_count_calls = 1;
   ic.refuse_calls = 2;
-  log.needle = "got status 42";
+  log.needle = "conveyor_completion_done: status 42 is not a CONVEYOR_PUBLISH_* value";
   vt = inline_vtable(&ic);
   CHECK_OK(conveyor_config_add_client(cfg, &vt));
   CHECK_OK(conveyor_config_set(cfg, "max_retries", "-1"));
