@@ -194,3 +194,16 @@ def test_stats_is_a_dict_with_accounting_clients_and_crossings(outcomes: Outcome
     # never one per event.
     assert crossings["gil_acquisitions"] == crossings["client_calls"] + crossings["callback_calls"]
     assert crossings["callback_calls"] == outcomes.ack_calls
+
+
+def test_publish_batch_returns_the_accepted_prefix_when_the_timeout_passes():
+    gate = Gate()
+    with conveyor.Pipeline([gate], queue_events=4, bulk_max_size=2, **FAST) as p:
+        producer = p.producer()
+        assert producer.publish_batch(events(2)) == 2
+        wait_until(gate.entered.is_set, what="the client to hold a batch")
+        assert producer.publish_batch(events(6, "more"), timeout=0.05) == 2
+        assert producer.counts()["accepted"] == 4
+        gate.release()
+        p.flush(timeout=WAIT)
+    assert gate.delivered == events(2) + events(6, "more")[:2]

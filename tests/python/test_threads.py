@@ -162,3 +162,37 @@ def test_callbacks_run_on_conveyor_threads_once_per_round(outcomes: Outcomes):
     assert client_threads and main not in client_threads
     assert outcomes.ack_threads and main not in outcomes.ack_threads
     assert outcomes.acked == 1000 and outcomes.ack_calls <= 10
+
+
+def test_close_wakes_every_blocked_publisher():
+    gate = Gate()
+    errors: List[BaseException] = []
+    lock = threading.Lock()
+    p = conveyor.Pipeline([gate], queue_events=2, bulk_max_size=1, **FAST)
+    producer = p.producer()
+    producer.publish_batch([b"a", b"b"])
+    wait_until(gate.entered.is_set, what="the client to hold a batch")
+
+    def blocked_publisher() -> None:
+        try:
+            producer.publish(b"never accepted")
+        except conveyor.Error as e:
+            with lock:
+                errors.append(e)
+
+    publishers = [threading.Thread(target=blocked_publisher) for _ in range(3)]
+    for t in publishers:
+        t.start()
+
+    def release_when_woken() -> None:
+        wait_until(lambda: len(errors) == 3, what="close to wake the blocked publishers")
+        gate.release()
+
+    releaser = threading.Thread(target=release_when_woken)
+    releaser.start()
+    report = p.close(timeout=0.1)
+    for t in publishers + [releaser]:
+        t.join()
+    assert all(isinstance(e, conveyor.ClosedError) for e in errors)
+    assert report["accepted"] == 2 and report["acked"] + report["dropped"] == 2
+    assert producer.counts()["in_flight"] == 0
