@@ -10,7 +10,7 @@ from typing import Dict, List
 import pytest
 
 import conveyor
-from conftest import FAST, WAIT, Flaky, Outcomes, Recorder, Scripted, events, seed_for, wait_until
+from conftest import FAST, WAIT, Flaky, Gate, Outcomes, Recorder, Scripted, events, seed_for, wait_until
 
 
 def conveyor_records(caplog, level=logging.ERROR):
@@ -275,3 +275,19 @@ def test_fault_injection_without_guarantee_balances_every_event():
     for c in clients:
         seen.update(c.delivered)
     assert all(seen[e] >= 1 for e in payloads if e not in dropped), "every acked event was delivered"
+
+
+def test_a_stalled_client_loses_its_batch_to_another_after_publish_timeout(outcomes: Outcomes):
+    stalled, fast = Gate(), Recorder("fast")
+    with conveyor.Pipeline([stalled], mode="loadbalance", publish_timeout=0.05, **FAST) as p:
+        producer = p.producer(on_ack=outcomes.on_ack)
+        producer.publish_batch(events(5))
+        wait_until(stalled.entered.is_set, what="the first client to stall on the batch")
+        p.add_client(fast)
+        p.flush(timeout=WAIT)
+        assert fast.delivered == events(5) and outcomes.acked == 5
+        stalled.release()
+        wait_until(lambda: p.stats()["duplicates"] == 5, what="the late result to count as duplicates")
+        stats = p.stats()
+    assert stats["handoffs"] >= 1
+    assert outcomes.acked == 5, "the late result acknowledges nothing twice"
