@@ -49,7 +49,12 @@ pub(crate) fn wrap(obj: &Bound<'_, PyAny>, bridge: &Arc<Bridge>) -> PyResult<Any
     }
 }
 
-fn events_list<'py>(py: Python<'py>, events: impl ExactSizeIterator<Item = &'py [u8]>) -> PyResult<Bound<'py, PyList>> {
+/// A batch as the `list[bytes]` clients and `on_drop` receive (one copy per event:
+/// the views are valid only until the batch settles).
+fn events_list<'py, 'a>(
+    py: Python<'py>,
+    events: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> PyResult<Bound<'py, PyList>> {
     PyList::new(py, events)
 }
 
@@ -193,7 +198,7 @@ impl AsyncClient for PyAsyncClient {
                     Err(e) => {
                         // Not accepted: fail the batch now, so that a later done() finds
                         // nothing to settle (it would count as a duplicate otherwise).
-                        done.get().take();
+                        drop(done.get().take());
                         let msg = format!("{}.publish_async raised {e}", client.name);
                         log_exception(py, &format!("{msg}; the connection counts as broken"), e);
                         Err(ConnectError(msg))
