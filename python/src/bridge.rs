@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use conveyor::{Level, LogFn};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyDictMethods};
@@ -57,6 +58,64 @@ where
     })
 }
 
+/// Holds the Python thread state of a conveyor thread from its first attach to its
+/// exit. Without it every attach would create a thread state and delete it again
+/// (with its frame stack, a fresh mapping and an unmapping each time): a cost
+/// per batch that measured as large as the batch's own Python work.
+struct KeptThreadState;
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<KeptThreadState>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Gives the calling conveyor thread a thread state that outlives each attach.
+/// Threads that already have one (Python's own threads) are left alone.
+fn keep_thread_state() {
+    let _ = KEPT.try_with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if kept.is_some() {
+            return;
+        }
+        // SAFETY: the interpreter is initialized (this module is loaded) and not
+        // finalizing (`exiting()` is checked first, and the exit hook runs before
+        // finalization). This thread holds no thread state, so `PyGILState_Ensure`
+        // creates one and takes the interpreter, and `PyEval_SaveThread` releases it
+        // again while the state stays registered (its counter stays at one). pyo3's
+        // later attaches on this thread find the state and only take the interpreter.
+        unsafe {
+            if !ffi::PyGILState_GetThisThreadState().is_null() {
+                return;
+            }
+            ffi::PyGILState_Ensure();
+            ffi::PyEval_SaveThread();
+        }
+        *kept = Some(KeptThreadState);
+    });
+}
+
+impl Drop for KeptThreadState {
+    /// Runs when the thread exits: deletes its thread state. After the exit hook the
+    /// interpreter may be finalizing; the state is then left to the interpreter.
+    fn drop(&mut self) {
+        if exiting() {
+            return;
+        }
+        // SAFETY: this thread's state was created by `keep_thread_state` and is not
+        // current (every attach released it). Restoring it takes the interpreter;
+        // releasing the original `PyGILState_Ensure` (the thread had no state then:
+        // UNLOCKED) drops the counter to zero, which deletes the state and releases
+        // the interpreter.
+        unsafe {
+            let state = ffi::PyGILState_GetThisThreadState();
+            if state.is_null() {
+                return;
+            }
+            ffi::PyEval_RestoreThread(state);
+            ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+        }
+    }
+}
+
 /// Counters of the crossings of one pipeline (reported in `stats()["python"]`).
 #[derive(Default)]
 pub(crate) struct Bridge {
@@ -83,6 +142,7 @@ impl Bridge {
         if exiting() {
             return None;
         }
+        keep_thread_state();
         Python::try_attach(|py| {
             self.attaches.fetch_add(1, Ordering::Relaxed);
             f(py)
@@ -218,6 +278,11 @@ fn python_level(level: Level) -> u32 {
         Level::Info => 20,
         Level::Debug => 10,
     }
+}
+
+/// Looks the `conveyor` logger up now, when the module loads (see `errors::preload`).
+pub(crate) fn preload(py: Python<'_>) -> PyResult<()> {
+    logger(py).map(drop)
 }
 
 fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {

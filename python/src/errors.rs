@@ -41,6 +41,17 @@ pub(crate) static CLIENT: ExceptionClass = ExceptionClass::new("ClientError");
 pub(crate) static ERROR: ExceptionClass = ExceptionClass::new("Error");
 pub(crate) static RETRY: ExceptionClass = ExceptionClass::new("Retry");
 
+/// Imports every class now, when the module loads. A first import later (say the
+/// first `ClosedError`, raised after the exit hook closed the pipeline) would
+/// release and retake the interpreter inside our frames, which a daemon thread
+/// cannot survive once the interpreter finalizes.
+pub(crate) fn preload(py: Python<'_>) -> PyResult<()> {
+    for class in [&CONFIG_ERROR, &INVALID_ARGUMENT, &CLOSED, &CANCELLED, &FULL, &TIMEOUT, &CLIENT, &ERROR, &RETRY] {
+        class.get(py)?;
+    }
+    Ok(())
+}
+
 /// The Python spelling of a configuration key: `backoff.init` is `backoff_init`.
 pub(crate) fn python_key(key: &str) -> String {
     key.replace('.', "_")

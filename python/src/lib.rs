@@ -20,5 +20,8 @@ fn _conveyor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyProducer>()?;
     m.add_class::<clients::PyCompletion>()?;
     m.add_function(wrap_pyfunction!(pipeline::_close_all_at_exit, m)?)?;
-    Ok(())
+    let py = m.py();
+    errors::preload(py)?;
+    bridge::preload(py)?;
+    pipeline::preload(py)
 }

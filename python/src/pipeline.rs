@@ -33,6 +33,17 @@ struct Shared {
     closed: AtomicBool,
 }
 
+static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn json_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    JSON_LOADS.get_or_try_init(py, || py.import("json")?.getattr("loads").map(Bound::unbind)).map(|f| f.bind(py))
+}
+
+/// Looks `json.loads` up now, when the module loads (see `errors::preload`).
+pub(crate) fn preload(py: Python<'_>) -> PyResult<()> {
+    json_loads(py).map(drop)
+}
+
 /// Every pipeline not closed yet, for the exit hook.
 static OPEN: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
@@ -189,11 +200,9 @@ impl PyPipeline {
     /// A snapshot of every counter, as a dict (the engine's stats, serialized, plus
     /// `"python"`: crossings between conveyor's threads and the interpreter).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let shared = self.shared.clone();
         let json = detached(py, move || shared.pipeline.stats().to_json());
-        let loads = JSON_LOADS.get_or_try_init(py, || py.import("json")?.getattr("loads").map(Bound::unbind))?;
-        let stats = loads.bind(py).call1((json,))?;
+        let stats = json_loads(py)?.call1((json,))?;
         stats.set_item("python", self.shared.bridge.to_dict(py)?)?;
         Ok(stats)
     }

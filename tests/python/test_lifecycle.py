@@ -253,6 +253,47 @@ def test_interpreter_exit_while_clients_and_callbacks_run():
     assert "panic" not in done.stderr.lower() and "fatal" not in done.stderr.lower(), done.stderr
 
 
+EXIT_RACE = """
+import threading, time, conveyor
+
+class Noop(conveyor.Client):
+    def publish(self, events):
+        return None
+
+p = conveyor.Pipeline([Noop(), Noop()], bulk_max_size=8)
+producer = p.producer(on_ack=lambda n: None)
+
+def query():
+    while True:
+        try:
+            p.stats()
+            p.flush(0.001)
+        except conveyor.Error:
+            pass
+
+def publish():
+    while True:
+        try:
+            producer.publish_batch([b"x"] * 100)
+        except conveyor.Error:
+            pass
+
+for target in (query, query, publish):
+    threading.Thread(target=target, daemon=True).start()
+started = time.monotonic()
+while time.monotonic() - started < 0.05:
+    pass
+"""
+
+
+def test_daemon_threads_inside_conveyor_calls_while_the_interpreter_exits():
+    # The race (a daemon thread re-entering the interpreter as it finalizes) is
+    # timing-dependent: several runs make a regression show up.
+    for run in range(12):
+        done = run_script(EXIT_RACE)
+        assert done.returncode == 0, f"run {run}: exit code {done.returncode}: {done.stderr}"
+
+
 def test_logs_reach_the_conveyor_logger(caplog):
     import logging
 
