@@ -90,7 +90,9 @@ fn failure(py: Python<'_>, client: &str, error: PyErr, len: usize) -> Published 
         log_exception(py, &msg, error);
         return Published::broken(0);
     }
-    let published = error.value(py).getattr(intern!(py, "published")).ok().filter(|p| !p.is_none());
+    // No `intern!` here: done() may run on a daemon thread as the interpreter exits,
+    // and a first `intern!` would release and retake the interpreter.
+    let published = error.value(py).getattr("published").ok().filter(|p| !p.is_none());
     match published.map(|p| count_in(&p, len)) {
         None => Published::retry(0),
         Some(Ok(count)) => Published::retry(count),
