@@ -171,6 +171,10 @@ impl Pipeline {
 
     /// Waits until every event accepted so far has its outcome reported.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
+        if on_worker_thread() {
+            // The worker would wait for the batch it is itself publishing.
+            return Err(Error::InvalidArgument("flush cannot be called from a client callback".into()));
+        }
         if self.is_closed() {
             return Err(Error::Closed);
         }

@@ -119,7 +119,9 @@ impl MemQueue {
 
     /// Moves the open segment behind an `Arc` so consumers can share it.
     fn freeze(&self, st: &mut State, min_next: usize) {
-        if st.open.is_empty() {
+        // An empty segment still needs freezing when empty events refer to it.
+        let referenced = st.waiting.back().is_some_and(|s| s.seg == st.open_id);
+        if st.open.is_empty() && !referenced {
             if st.open.capacity() < min_next {
                 st.open = self.pool.take(min_next);
             }
@@ -467,6 +469,19 @@ mod tests {
         p.publish(b"x", None).unwrap();
         let batch = q.get(8).unwrap().expect("a batch");
         assert_eq!(batch.events().to_vec(), vec![b"".to_vec(), b"x".to_vec()]);
+    }
+
+    #[test]
+    fn a_batch_of_only_empty_events_is_carried() {
+        let q = MemQueue::new(QueueSettings::default(), None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        p.publish(b"", None).unwrap();
+        p.publish(b"", None).unwrap();
+        let batch = q.get(8).unwrap().expect("a batch");
+        assert_eq!(batch.events().to_vec(), vec![b"".to_vec(), b"".to_vec()]);
+        p.publish(b"", None).unwrap();
+        let batch = q.get(8).unwrap().expect("a second batch");
+        assert_eq!(batch.events().to_vec(), vec![b"".to_vec()]);
     }
 
     #[test]
