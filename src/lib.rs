@@ -29,6 +29,7 @@
 //! pipeline.close(Duration::from_secs(5)).unwrap();
 //! ```
 
+#[cfg(feature = "capi")]
 pub mod capi;
 pub mod client;
 pub mod config;
