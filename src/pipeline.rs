@@ -1,5 +1,6 @@
 //! The pipeline: a queue, an output with its workers, accounting, flush and close.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -129,7 +130,8 @@ impl PipelineBuilder {
         let shared = Shared::new(queue.clone(), mode, config.clone(), shutdown.clone(), self.logger.clone(), strategy);
         let output = Output::start(shared, mode, std::mem::take(&mut self.clients))?;
         self.logger.log(Level::Info, &format!("pipeline started in mode {}", mode.as_str()));
-        Ok(Pipeline { queue, output, shutdown, closed: Mutex::new(None), logger: self.logger.clone() })
+        let (closed, closing) = (Mutex::new(None), AtomicBool::new(false));
+        Ok(Pipeline { queue, output, shutdown, closed, closing, logger: self.logger.clone() })
     }
 }
 
@@ -140,6 +142,10 @@ pub struct Pipeline {
     output: Output,
     shutdown: Arc<Shutdown>,
     closed: Mutex<Option<CloseReport>>,
+    /// Set when a close starts. A close holds `closed` while it waits for the ACK
+    /// dispatcher, so a callback asking whether the pipeline is closed (to create a
+    /// producer, flush, add a client) must not wait for that lock.
+    closing: AtomicBool,
     logger: Logger,
 }
 
@@ -182,7 +188,7 @@ impl Pipeline {
     }
 
     fn is_closed(&self) -> bool {
-        lock(&self.closed).is_some()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Stops accepting events, delivers what it can within `timeout`, then drops
@@ -193,6 +199,7 @@ impl Pipeline {
         if on_worker_thread() || self.queue.in_callback() {
             return Err(Error::InvalidArgument("close cannot be called from a conveyor callback".into()));
         }
+        self.closing.store(true, Ordering::Release);
         let mut closed = lock(&self.closed);
         if let Some(report) = *closed {
             return Ok(report);
