@@ -156,20 +156,26 @@ impl QueueSink {
     /// when the destination blocks (its stuck write is left to finish on its own).
     pub fn close_within(&self, timeout: Duration) -> QueueSinkClose {
         let first = !self.closing.swap(true, Ordering::AcqRel);
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for the clock (Duration::MAX) means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut b = lock(&self.shared.buffer);
         if first {
             b.closed = true;
-            b.deadline = Some(deadline);
+            b.deadline = deadline;
             self.shared.not_empty.notify_all();
             self.shared.not_full.notify_all();
         }
         while !b.worker_done {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            b = self.shared.done.wait_timeout(b, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            b = match deadline {
+                None => self.shared.done.wait(b).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    self.shared.done.wait_timeout(b, d - now).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
         }
         let drained = b.worker_done;
         if !drained {

@@ -43,7 +43,10 @@ impl SinkBreaker {
 impl SinkRetryStrategy for SinkBreaker {
     fn proceed(&mut self) -> Duration {
         match self.last_failure {
-            Some(last) if self.failures >= self.threshold => (last + self.backoff).saturating_duration_since(Instant::now()),
+            Some(last) if self.failures >= self.threshold => {
+                // A window too large for the clock waits for good (until the sink closes).
+                last.checked_add(self.backoff).map_or(Duration::MAX, |end| end.saturating_duration_since(Instant::now()))
+            }
             _ => Duration::ZERO,
         }
     }

@@ -1,0 +1,50 @@
+//! Sinks given "no limit" durations (what the C and Python bindings pass for
+//! UINT64_MAX / None): they wait without a deadline instead of overflowing the clock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conveyor::sink::*;
+use conveyor::Error;
+
+#[test]
+fn queue_sink_close_without_a_deadline_drains_everything() {
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d = delivered.clone();
+    let slow = FnSink::new(
+        move |_: &[u8]| {
+            std::thread::sleep(Duration::from_micros(200));
+            d.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        || {},
+    );
+    let q = QueueSink::new(Arc::new(slow), 64, Overflow::Block, Duration::MAX, None).unwrap();
+    for i in 0..200u32 {
+        q.write(&i.to_le_bytes()).unwrap();
+    }
+    q.close().unwrap();
+    assert_eq!(delivered.load(Ordering::SeqCst), 200);
+    let r = q.close_within(Duration::MAX);
+    assert_eq!((r.delivered, r.dropped, r.drained), (200, 0, true));
+}
+
+#[test]
+fn a_breaker_window_beyond_the_clock_waits_until_close() {
+    let mut b = SinkBreaker::new(1, Duration::MAX);
+    assert!(!b.failure());
+    assert_eq!(b.proceed(), Duration::MAX);
+
+    let failing = Arc::new(FnSink::new(|_: &[u8]| Err(Error::Client("down".into())), || {}));
+    let r = Arc::new(RetryingSink::new(failing, Box::new(SinkBreaker::new(1, Duration::MAX))));
+    let w = r.clone();
+    let writer = std::thread::spawn(move || w.write(b"x"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.stats().failures == 0 {
+        assert!(Instant::now() < deadline, "the first attempt never failed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    r.close().unwrap();
+    assert_eq!(writer.join().unwrap(), Err(Error::Closed));
+}
