@@ -17,10 +17,17 @@
 //! `BENCH_CONFIG="queue.events=16384,bulk_max_size=4096"` applies further settings
 //! to every pipeline, to compare configurations.
 //!
+//! Each result, with its reference's median, is also appended as one JSON line to
+//! `$BENCH_RESULTS_DIR/rust.jsonl` (default `build/bench/`, emptied when the run
+//! starts), which `benches/report.py` turns into the table and chart of `make bench`.
+//!
 //! To add a scenario, write a `fn(&Settings) -> f64` returning events/s (most are a
 //! [`PipelineRun`] with other clients or settings) and list it in [`scenarios`].
 
+use std::fs::{self, File, OpenOptions};
 use std::hint::black_box;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +64,8 @@ struct Settings {
 /// One headline scenario: a candidate, its reference and the goal for their ratio.
 struct Scenario {
     name: &'static str,
+    /// What the reference is, for the report.
+    reference_name: &'static str,
     goal: f64,
     /// Multiplies the events per run, so fast scenarios still run long enough to measure.
     scale: u64,
@@ -66,17 +75,54 @@ struct Scenario {
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario { name: "h1-pipeline", goal: 0.8, scale: 1, candidate: h1_pipeline, reference: crossbeam_1p1c },
-        Scenario { name: "h2-contention", goal: 0.4, scale: 1, candidate: h2_contention, reference: crossbeam_2p2c },
-        Scenario { name: "h3-batch", goal: 0.5, scale: 4, candidate: h3_batch, reference: crossbeam_batches },
+        Scenario {
+            name: "h1-pipeline",
+            reference_name: "crossbeam bounded(1024) 1P1C",
+            goal: 0.8,
+            scale: 1,
+            candidate: h1_pipeline,
+            reference: crossbeam_1p1c,
+        },
+        Scenario {
+            name: "h2-contention",
+            reference_name: "crossbeam bounded(1024) 2P2C",
+            goal: 0.4,
+            scale: 1,
+            candidate: h2_contention,
+            reference: crossbeam_2p2c,
+        },
+        Scenario {
+            name: "h3-batch",
+            reference_name: "crossbeam bounded(16), 1024-event buffers",
+            goal: 0.5,
+            scale: 4,
+            candidate: h3_batch,
+            reference: crossbeam_batches,
+        },
         Scenario {
             name: "h4-failover-faults",
+            reference_name: "h1-pipeline",
             goal: 0.7,
             scale: 1,
             candidate: h4_failover_faults,
             reference: h1_pipeline,
         },
-        Scenario { name: "h4-rust-lb", goal: 0.8, scale: 1, candidate: h4_rust_lb, reference: h1_pipeline },
+        Scenario {
+            name: "h4-rust-lb",
+            reference_name: "h1-pipeline",
+            goal: 0.8,
+            scale: 1,
+            candidate: h4_rust_lb,
+            reference: h1_pipeline,
+        },
+        Scenario {
+            name: "h4-c-clients",
+            reference_name: "h4-rust-lb (Rust API and clients)",
+            goal: 0.95,
+            scale: 1,
+            candidate: h4_c_clients,
+            reference: h4_rust_lb,
+        },
     ]
 }
 
@@ -229,6 +275,123 @@ fn h4_rust_lb(s: &Settings) -> f64 {
     .run(s)
 }
 
+/// `h4-rust-lb` as a C program does it: the configuration, four no-op clients
+/// registered as C vtables, the producer with its ACK callback, every publish, the
+/// flush and the close all go through the `conveyor_*` exports of `src/capi`.
+fn h4_c_clients(s: &Settings) -> f64 {
+    c_abi::loadbalance_run(s, 4)
+}
+
+mod c_abi {
+    use std::ffi::{c_void, CString};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use conveyor::capi::*;
+
+    use super::{Settings, FLUSH_TIMEOUT, PAYLOAD_BYTES, THROUGHPUT_CONFIG};
+
+    /// The C counterpart of `NoopClient`: every event went out.
+    unsafe extern "C" fn noop_publish(
+        _userdata: *mut c_void,
+        _events: *const conveyor_bytes,
+        n: usize,
+        published: *mut usize,
+    ) -> u32 {
+        // SAFETY: conveyor passes a writable count (conveyor_client_vtable.publish).
+        unsafe { *published = n };
+        CONVEYOR_PUBLISH_OK
+    }
+
+    /// The producer's on_ack: adds to the `AtomicU64` behind `userdata`.
+    unsafe extern "C" fn count_acks(userdata: *mut c_void, count: u64) {
+        // SAFETY: `userdata` is the counter `loadbalance_run` keeps alive until after
+        // the producer is freed.
+        let acked = unsafe { &*userdata.cast::<AtomicU64>() };
+        acked.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn check(call: &str, code: conveyor_result) {
+        if code != CONVEYOR_OK {
+            let mut buf = [0u8; 512];
+            // SAFETY: `buf` is writable for its length.
+            let len = unsafe { conveyor_last_error(buf.as_mut_ptr().cast(), buf.len()) }.min(buf.len() - 1);
+            panic!("{call} returned {code}: {}", String::from_utf8_lossy(&buf[..len]));
+        }
+    }
+
+    /// Events per second of one producer publishing each event into a `loadbalance`
+    /// pipeline over `clients` C no-op clients; panics if the accounting does not balance.
+    pub(super) fn loadbalance_run(s: &Settings, clients: usize) -> f64 {
+        let acked = AtomicU64::new(0);
+        // SAFETY (whole block): every pointer passed is either a live local or a handle
+        // returned by the previous calls, freed once, producer before pipeline.
+        unsafe {
+            let config = conveyor_config_new();
+            assert!(!config.is_null(), "conveyor_config_new");
+            let settings = THROUGHPUT_CONFIG
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v.to_string()))
+                .chain([("mode".to_string(), "loadbalance".to_string())])
+                .chain(s.config.iter().cloned());
+            for (key, value) in settings {
+                let (k, v) = (CString::new(key).expect("key"), CString::new(value).expect("value"));
+                check("conveyor_config_set", conveyor_config_set(config, k.as_ptr(), v.as_ptr()));
+            }
+            for _ in 0..clients {
+                let vtable = conveyor_client_vtable {
+                    struct_size: std::mem::size_of::<conveyor_client_vtable>() as u32,
+                    userdata: std::ptr::null_mut(),
+                    connect: None,
+                    close: None,
+                    publish: Some(noop_publish),
+                    publish_async: None,
+                    free_userdata: None,
+                };
+                check("conveyor_config_add_client", conveyor_config_add_client(config, &vtable));
+            }
+            let mut pipeline = std::ptr::null_mut();
+            check("conveyor_pipeline_new", conveyor_pipeline_new(config, &mut pipeline));
+            let producer_config = conveyor_producer_config {
+                struct_size: std::mem::size_of::<conveyor_producer_config>() as u32,
+                userdata: (&acked as *const AtomicU64).cast_mut().cast(),
+                on_ack: Some(count_acks),
+                on_drop: None,
+                guaranteed: 0,
+                drop_on_cancel: 0,
+                free_userdata: None,
+            };
+            let mut producer = std::ptr::null_mut();
+            check("conveyor_producer_new", conveyor_producer_new(pipeline, &producer_config, &mut producer));
+
+            let started = Instant::now();
+            let mut event = [0u8; PAYLOAD_BYTES];
+            for seq in 0..s.events {
+                event[..8].copy_from_slice(&seq.to_le_bytes());
+                let code = conveyor_producer_publish(producer, event.as_ptr(), event.len(), u64::MAX);
+                if code != CONVEYOR_OK {
+                    check("conveyor_producer_publish", code);
+                }
+            }
+            let flush_ms = FLUSH_TIMEOUT.as_millis() as u64;
+            check("conveyor_pipeline_flush", conveyor_pipeline_flush(pipeline, flush_ms));
+            let elapsed = started.elapsed();
+
+            let mut report = conveyor_close_report::default();
+            check("conveyor_pipeline_close_report", conveyor_pipeline_close_report(pipeline, 10_000, &mut report));
+            conveyor_producer_free(producer);
+            conveyor_pipeline_free(pipeline);
+            let acked = acked.load(Ordering::Relaxed);
+            assert!(
+                acked == s.events && report.acked == s.events && report.dropped == 0 && report.drained == 1,
+                "accounting does not balance: {} published, {acked} acked by callback, report {report:?}",
+                s.events
+            );
+            s.events as f64 / elapsed.as_secs_f64()
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // References: crossbeam channels moving the same events.
 
@@ -324,8 +487,8 @@ fn millions(rate: f64) -> String {
     format!("{:.2} M/s", rate / 1e6)
 }
 
-/// Runs the pairs of one scenario and prints its result line.
-fn measure(scenario: &Scenario, s: &Settings) {
+/// Runs the pairs of one scenario, prints its result line and returns its JSON record.
+fn measure(scenario: &Scenario, s: &Settings) -> serde_json::Value {
     let s = &Settings { events: s.events * scenario.scale, ..s.clone() };
     eprintln!("{}: warm-up", scenario.name);
     (scenario.candidate)(s);
@@ -356,14 +519,42 @@ fn measure(scenario: &Scenario, s: &Settings) {
     let highest = ratios.iter().copied().fold(0.0, f64::max);
     let ratio = median(&mut ratios);
     let rate = median(&mut rates);
+    let reference = median(&mut references);
     eprintln!(
-        "{}: median {} vs reference {}; ratios {lowest:.3} .. {highest:.3}, spread {:.0}%",
+        "{}: median {} vs reference {} ({}); ratios {lowest:.3} .. {highest:.3}, spread {:.0}%",
         scenario.name,
         millions(rate),
-        millions(median(&mut references)),
+        millions(reference),
+        scenario.reference_name,
         (highest - lowest) / ratio * 100.0
     );
     println!("bench {} {:.0} ratio={ratio:.3} goal={}", scenario.name, rate, scenario.goal);
+    serde_json::json!({
+        "scenario": scenario.name,
+        "events_per_s": rate.round(),
+        "reference": scenario.reference_name,
+        "reference_events_per_s": reference.round(),
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "ratio_min": (lowest * 1000.0).round() / 1000.0,
+        "ratio_max": (highest * 1000.0).round() / 1000.0,
+        "goal": scenario.goal,
+        "pairs": s.pairs,
+        "events_per_run": s.events,
+    })
+}
+
+/// `$BENCH_RESULTS_DIR/rust.jsonl` (default `build/bench/rust.jsonl`), emptied.
+fn open_results() -> File {
+    let dir = std::env::var_os("BENCH_RESULTS_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("build/bench"), PathBuf::from);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let path = dir.join("rust.jsonl");
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
 }
 
 /// Runs only the candidate, for a profiler.
@@ -411,12 +602,15 @@ fn main() {
         THROUGHPUT_CONFIG,
         settings.config
     );
+    let mut results = (!profiling).then(open_results);
     for scenario in scenarios() {
         if filters.is_empty() || filters.iter().any(|f| scenario.name.contains(f.as_str())) {
-            if profiling {
-                profile(&scenario, &settings);
-            } else {
-                measure(&scenario, &settings);
+            match &mut results {
+                None => profile(&scenario, &settings),
+                Some(file) => {
+                    let record = measure(&scenario, &settings);
+                    writeln!(file, "{record}").expect("writing the results file");
+                }
             }
         }
     }
