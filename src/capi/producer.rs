@@ -198,14 +198,23 @@ pub unsafe extern "C" fn conveyor_producer_try_publish(
 /// # Safety
 /// `data` is NULL or points to `len` readable bytes.
 unsafe fn bytes_arg<'a>(data: *const u8, len: usize, name: &str) -> FfiResult<&'a [u8]> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { bytes_view(data, len) }.ok_or_else(|| Failure::null(name))
+}
+
+/// The bytes at `data`, or `None` when `data` is NULL with a non-zero `len`.
+///
+/// # Safety
+/// `data` is NULL or points to `len` readable bytes.
+unsafe fn bytes_view<'a>(data: *const u8, len: usize) -> Option<&'a [u8]> {
     if len == 0 {
-        return Ok(&[]);
+        return Some(&[]);
     }
     if data.is_null() {
-        return Err(Failure::null(name));
+        return None;
     }
     // SAFETY: non-NULL with `len` readable bytes (contract), read-only during the call.
-    Ok(unsafe { std::slice::from_raw_parts(data, len) })
+    Some(unsafe { std::slice::from_raw_parts(data, len) })
 }
 
 /// Publishes `n` events in order (copied), waiting at most `timeout_ms` for room
@@ -240,8 +249,12 @@ pub unsafe extern "C" fn conveyor_producer_publish_batch(
         let slices = views
             .iter()
             .enumerate()
-            // SAFETY: each view's `data` holds `len` readable bytes or is NULL (contract).
-            .map(|(i, v)| unsafe { bytes_arg(v.data, v.len, &format!("events[{i}].data")) })
+            .map(|(i, v)| {
+                // SAFETY: each view's `data` holds `len` readable bytes or is NULL (contract).
+                let view = unsafe { bytes_view(v.data, v.len) };
+                // The name is formatted only for the error: this runs once per event.
+                view.ok_or_else(|| Failure::null(&format!("events[{i}].data")))
+            })
             .collect::<FfiResult<Vec<&[u8]>>>()?;
         *accepted = p.inner.publish_batch(&slices, timeout_arg(timeout_ms))?;
         Ok(())
