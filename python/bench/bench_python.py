@@ -11,12 +11,16 @@ The ratios are per round (event/ref, batch/ref, so each is an interleaved pair
 with the round's reference); the reported figure is the median over the rounds.
 
 Prints `bench h5-python-event <events/s> ratio=<r> goal=5` and
-`bench h5-python-batch <events/s> ratio=<r> goal=20`, plus detail lines.
+`bench h5-python-batch <events/s> ratio=<r> goal=20`, plus detail lines. When
+BENCH_RESULTS_DIR is set (`make bench` sets it), the same results and the reference's
+median also go to `$BENCH_RESULTS_DIR/python.jsonl` for the report (benches/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import queue
 import statistics
 import sys
@@ -144,8 +148,21 @@ def main() -> int:
         batch.append(eps)
         attaches.append(per_batch)
 
+    records: List[str] = []
+
     def report(name: str, values: List[float], goal: int) -> None:
         ratios = [v / r for v, r in zip(values, ref)]
+        record = {
+            "scenario": name,
+            "events_per_s": round(statistics.median(values)),
+            "reference": "queue.Queue(1024) 1P2C",
+            "reference_events_per_s": round(statistics.median(ref)),
+            "ratio": round(statistics.median(ratios), 3),
+            "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3),
+            "goal": goal,
+        }
+        records.append(json.dumps(record))
         print(
             f"bench {name} {statistics.median(values):.0f} ratio={statistics.median(ratios):.2f} goal={goal}",
             flush=True,
@@ -163,6 +180,11 @@ def main() -> int:
     report("h5-python-event", event, 5)
     report("h5-python-batch", batch, 20)
     print(f"  GIL acquisitions per client batch: at most {max(attaches):.2f}", flush=True)
+    results_dir = os.environ.get("BENCH_RESULTS_DIR")
+    if results_dir:
+        os.makedirs(results_dir, exist_ok=True)
+        with open(os.path.join(results_dir, "python.jsonl"), "w") as out:
+            out.write("".join(line + "\n" for line in records))
     return 0
 
 
