@@ -1,0 +1,3 @@
+module github.com/conveyor-dev/conveyor/bindings/go
+
+go 1.24

@@ -1,0 +1,5 @@
+//go:build !race
+
+package conveyor
+
+const raceEnabled = false

@@ -1,0 +1,304 @@
+package conveyor
+
+// #include "shims.h"
+import "C"
+
+import (
+	"context"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"time"
+)
+
+// Pipeline is a running pipeline: a bounded queue, the clients it delivers to, the
+// workers, retries and accounting. All methods are safe for concurrent use. Close it
+// when done: that stops conveyor's threads and frees the pipeline and its producers.
+type Pipeline struct {
+	// mu guards c: every call into the C pipeline holds it for reading; freeing it
+	// takes it for writing, so no call can run on a freed pipeline.
+	mu  sync.RWMutex
+	c   *C.conveyor_pipeline
+	log *logSink
+	// logHandle is the Logger's handle given to C (0 without a Logger); conveyor
+	// never frees it, so it is deleted after the pipeline is freed.
+	logHandle cgo.Handle
+	// final is the last stats snapshot, taken before the pipeline was freed.
+	final *Stats
+
+	producersMu sync.Mutex
+	producers   map[*Producer]struct{}
+}
+
+// NewPipeline builds and starts a pipeline delivering to clients (at least one)
+// according to cfg. The pipeline owns the clients from then on: it calls their
+// Close before it lets go of them.
+func NewPipeline(cfg Config, clients ...Client) (*Pipeline, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sink := &logSink{fn: cfg.Logger}
+	handles := make([]C.uintptr_t, len(clients))
+	asyncs := make([]C.int, len(clients))
+	for i, c := range clients {
+		h, async, err := registerClient(c, sink)
+		if err != nil {
+			for _, h := range handles[:i] {
+				deleteHandle(cgo.Handle(h))
+			}
+			return nil, err
+		}
+		handles[i], asyncs[i] = h, async
+	}
+	cc, err := cfg.newCConfig()
+	if err != nil {
+		for _, h := range handles {
+			deleteHandle(cgo.Handle(h))
+		}
+		return nil, err
+	}
+	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{})}
+	// From here on the C config owns every handle it took: conveyor_config_free
+	// releases them through free_userdata.
+	fail := func(err error, untaken []C.uintptr_t) (*Pipeline, error) {
+		C.conveyor_config_free(cc)
+		for _, h := range untaken {
+			deleteHandle(cgo.Handle(h))
+		}
+		if p.logHandle != 0 {
+			deleteHandle(p.logHandle)
+		}
+		return nil, err
+	}
+	if cfg.Logger != nil {
+		p.logHandle = newHandle(sink)
+		if r := C.conveyor_go_config_set_logger(cc, C.uintptr_t(p.logHandle)); r != C.CONVEYOR_OK {
+			return fail(lastError(r), handles)
+		}
+	}
+	for i, h := range handles {
+		if r := C.conveyor_go_config_add_client(cc, h, asyncs[i]); r != C.CONVEYOR_OK {
+			return fail(lastError(r), handles[i:])
+		}
+	}
+	if r := C.conveyor_pipeline_new(cc, &p.c); r != C.CONVEYOR_OK {
+		return fail(lastError(r), nil)
+	}
+	return p, nil
+}
+
+// Close stops accepting events, delivers what it can within timeout, drops the rest
+// (reporting each dropped event through its producer's OnDrop), closes the clients,
+// stops conveyor's threads, then frees every producer still open and the pipeline.
+// It returns within timeout plus one client call in progress. Closing again does
+// nothing and returns nil. Called from a conveyor callback it returns an error
+// matching ErrInvalidArgument and does nothing (it would wait for itself).
+func (p *Pipeline) Close(timeout time.Duration) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	if p.c == nil {
+		p.mu.RUnlock()
+		return nil
+	}
+	var err error
+	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout)); r != C.CONVEYOR_OK {
+		err = lastError(r)
+	}
+	p.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	p.release()
+	return nil
+}
+
+// release frees a closed pipeline and its remaining producers, once.
+func (p *Pipeline) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.c == nil {
+		return
+	}
+	if s, err := p.statsOf(); err == nil {
+		p.final = &s
+	}
+	p.producersMu.Lock()
+	producers := p.producers
+	p.producers = nil
+	p.producersMu.Unlock()
+	for prod := range producers {
+		prod.free()
+	}
+	C.conveyor_pipeline_free(p.c)
+	p.c = nil
+	if p.logHandle != 0 {
+		deleteHandle(p.logHandle)
+	}
+}
+
+// Flush waits until every event accepted so far has had its outcome reported (its
+// OnACK or OnDrop returned), or until ctx ends (an error matching ctx.Err(); delivery
+// goes on). Called from a conveyor callback it returns an error matching
+// ErrInvalidArgument.
+func (p *Pipeline) Flush(ctx context.Context) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for {
+		ms, err := waitSlice(ctx, "flush")
+		if err != nil {
+			return err
+		}
+		p.mu.RLock()
+		if p.c == nil {
+			p.mu.RUnlock()
+			return errPipelineClosed()
+		}
+		r := C.conveyor_pipeline_flush(p.c, ms)
+		if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
+			err = lastError(r)
+		}
+		p.mu.RUnlock()
+		if r != C.CONVEYOR_ERR_TIMEOUT {
+			return err
+		}
+	}
+}
+
+// NewProducer creates a producer: the handle events are published through, and
+// whose callbacks hear about their outcomes. Close it when done (Pipeline.Close
+// closes the producers still open).
+func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.c == nil {
+		return nil, errPipelineClosed()
+	}
+	var h C.uintptr_t
+	if cfg.OnACK != nil || cfg.OnDrop != nil {
+		h = C.uintptr_t(newHandle(&producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}))
+	}
+	prod := &Producer{pipeline: p}
+	r := C.conveyor_go_producer_new(p.c, h, cbool(cfg.OnACK != nil), cbool(cfg.OnDrop != nil),
+		C.uint32_t(cbool(cfg.Guaranteed)), C.uint32_t(cbool(cfg.DropOnCancel)), &prod.c)
+	if r != C.CONVEYOR_OK {
+		err := lastError(r)
+		if h != 0 {
+			deleteHandle(cgo.Handle(h))
+		}
+		return nil, err
+	}
+	p.producersMu.Lock()
+	p.producers[prod] = struct{}{}
+	p.producersMu.Unlock()
+	return prod, nil
+}
+
+// forget drops a producer closed on its own from the set Close frees.
+func (p *Pipeline) forget(prod *Producer) {
+	p.producersMu.Lock()
+	delete(p.producers, prod)
+	p.producersMu.Unlock()
+}
+
+// AddClient adds a client to the running pipeline (modes Failover and LoadBalance)
+// and returns its id for RemoveClient.
+func (p *Pipeline) AddClient(c Client) (uint64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.c == nil {
+		return 0, errPipelineClosed()
+	}
+	h, async, err := registerClient(c, p.log)
+	if err != nil {
+		return 0, err
+	}
+	var id C.uint64_t
+	if r := C.conveyor_go_pipeline_add_client(p.c, h, async, &id); r != C.CONVEYOR_OK {
+		err := lastError(r)
+		deleteHandle(cgo.Handle(h))
+		return 0, err
+	}
+	return uint64(id), nil
+}
+
+// RemoveClient removes a client from the running pipeline; its batches go to the
+// other clients, and its Close has been called when RemoveClient returns. The last
+// client cannot be removed (ErrInvalidArgument), nor can a client from inside a client
+// callback.
+func (p *Pipeline) RemoveClient(id uint64) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.c == nil {
+		return errPipelineClosed()
+	}
+	if r := C.conveyor_pipeline_remove_client(p.c, C.uint64_t(id)); r != C.CONVEYOR_OK {
+		return lastError(r)
+	}
+	return nil
+}
+
+// Stats returns a snapshot of every counter. After Close it returns the final
+// snapshot, taken when the pipeline was freed.
+func (p *Pipeline) Stats() (Stats, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.c == nil {
+		if p.final != nil {
+			return *p.final, nil
+		}
+		return Stats{}, errPipelineClosed()
+	}
+	return p.statsOf()
+}
+
+func errPipelineClosed() error { return goError(ErrClosed, "the pipeline is closed") }
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// durationMs converts a timeout for C, rounding up so that a short positive timeout
+// still waits; negative means zero.
+func durationMs(d time.Duration) C.uint64_t {
+	if d <= 0 {
+		return 0
+	}
+	return C.uint64_t((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// blockSlice is the longest single wait in C of a call that takes a context: between
+// slices the call checks ctx and whether its handle was closed, so cancellation and
+// Close take effect within one slice. Waking from a slice costs one cgo call.
+const blockSlice = 5 * time.Millisecond
+
+// waitSlice returns how long the next wait in C may last, or ctx's error when it
+// ended.
+func waitSlice(ctx context.Context, op string) (C.uint64_t, error) {
+	if done := ctx.Done(); done != nil {
+		select {
+		case <-done:
+			return 0, contextError(op, ctx.Err())
+		default:
+		}
+	}
+	slice := blockSlice
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return 0, contextError(op, context.DeadlineExceeded)
+		}
+		slice = min(slice, left)
+	}
+	return durationMs(slice), nil
+}

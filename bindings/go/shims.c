@@ -1,0 +1,126 @@
+// The C trampolines behind the Go binding's vtables: each casts conveyor's `void *`
+// userdata back to the cgo.Handle number it is and calls the exported Go function.
+// They live here because a Go file with //export may only declare in its preamble.
+
+#include <string.h>
+
+#include "shims.h"
+#include "_cgo_export.h"
+
+/* Rust hands out dangling (non-NULL, unusable) array pointers for empty arrays;
+   Go must only ever see NULL then. */
+static conveyor_bytes *events_arg(const conveyor_bytes *events, size_t n) {
+    return n ? (conveyor_bytes *)events : NULL;
+}
+
+static uint32_t client_connect(void *userdata, uint64_t timeout_ms) {
+    return goConveyorConnect((uintptr_t)userdata, timeout_ms);
+}
+
+static void client_close(void *userdata) {
+    goConveyorClose((uintptr_t)userdata);
+}
+
+static uint32_t client_publish(void *userdata, const conveyor_bytes *events, size_t n, size_t *published) {
+    return goConveyorPublish((uintptr_t)userdata, events_arg(events, n), n, published);
+}
+
+static uint32_t client_publish_async(void *userdata, const conveyor_bytes *events, size_t n,
+                                     conveyor_completion *completion) {
+    return goConveyorPublishAsync((uintptr_t)userdata, events_arg(events, n), n, (uintptr_t)completion);
+}
+
+static void client_free(void *userdata) {
+    goConveyorFreeClient((uintptr_t)userdata);
+}
+
+static void client_vtable(conveyor_client_vtable *vt, uintptr_t handle, int async) {
+    memset(vt, 0, sizeof *vt);
+    vt->struct_size = (uint32_t)sizeof *vt;
+    vt->userdata = (void *)handle;
+    vt->connect = client_connect;
+    vt->close = client_close;
+    if (async) {
+        vt->publish_async = client_publish_async;
+    } else {
+        vt->publish = client_publish;
+    }
+    vt->free_userdata = client_free;
+}
+
+conveyor_result conveyor_go_config_add_client(conveyor_config *config, uintptr_t handle, int async) {
+    conveyor_client_vtable vt;
+    client_vtable(&vt, handle, async);
+    return conveyor_config_add_client(config, &vt);
+}
+
+conveyor_result conveyor_go_pipeline_add_client(conveyor_pipeline *p, uintptr_t handle, int async,
+                                                uint64_t *client_id) {
+    conveyor_client_vtable vt;
+    client_vtable(&vt, handle, async);
+    return conveyor_pipeline_add_client(p, &vt, client_id);
+}
+
+static void log_message(void *userdata, uint32_t level, const char *message, size_t len) {
+    goConveyorLog((uintptr_t)userdata, level, (char *)message, len);
+}
+
+conveyor_result conveyor_go_config_set_logger(conveyor_config *config, uintptr_t handle) {
+    return conveyor_config_set_logger(config, log_message, (void *)handle);
+}
+
+static void producer_ack(void *userdata, uint64_t count) {
+    goConveyorOnACK((uintptr_t)userdata, count);
+}
+
+static void producer_drop(void *userdata, const conveyor_bytes *events, size_t n) {
+    goConveyorOnDrop((uintptr_t)userdata, events_arg(events, n), n);
+}
+
+static void producer_free(void *userdata) {
+    goConveyorFreeProducer((uintptr_t)userdata);
+}
+
+conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
+                                         uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out) {
+    conveyor_producer_config pc;
+    memset(&pc, 0, sizeof pc);
+    pc.struct_size = (uint32_t)sizeof pc;
+    pc.userdata = (void *)handle;
+    pc.on_ack = has_ack ? producer_ack : NULL;
+    pc.on_drop = has_drop ? producer_drop : NULL;
+    pc.guaranteed = guaranteed;
+    pc.drop_on_cancel = drop_on_cancel;
+    pc.free_userdata = handle ? producer_free : NULL;
+    return conveyor_producer_new(p, &pc, out);
+}
+
+void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status) {
+    conveyor_completion_done((conveyor_completion *)completion, published, status);
+}
+
+/* Views per conveyor_producer_publish_batch call, on the C stack (8 KiB). */
+#define PACKED_CHUNK 512
+
+conveyor_result conveyor_go_publish_packed(conveyor_producer *p, const uint8_t *data, const size_t *lens, size_t n,
+                                           uint64_t timeout_ms, size_t *accepted) {
+    conveyor_bytes views[PACKED_CHUNK];
+    size_t offset = 0;
+    *accepted = 0;
+    while (*accepted < n) {
+        size_t first = *accepted;
+        size_t k = n - first < PACKED_CHUNK ? n - first : PACKED_CHUNK;
+        for (size_t i = 0; i < k; i++) {
+            views[i].data = data ? data + offset : NULL;
+            views[i].len = lens[first + i];
+            offset += lens[first + i];
+        }
+        size_t got = 0;
+        conveyor_result r = conveyor_producer_publish_batch(p, views, k, timeout_ms, &got);
+        *accepted = first + got;
+        if (r != CONVEYOR_OK || got < k) {
+            return r;
+        }
+    }
+    return CONVEYOR_OK;
+}

@@ -1,0 +1,34 @@
+/*
+ * C side of the Go binding: builds the C structs that carry a cgo.Handle, so Go never
+ * holds a handle (a small integer) or a completion number in a pointer-typed value,
+ * which the Go runtime would take for an invalid pointer.
+ */
+#ifndef CONVEYOR_GO_SHIMS_H
+#define CONVEYOR_GO_SHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conveyor.h"
+
+/* Adds a client whose callbacks are the Go trampolines for `handle`. */
+conveyor_result conveyor_go_config_add_client(conveyor_config *config, uintptr_t handle, int async);
+conveyor_result conveyor_go_pipeline_add_client(conveyor_pipeline *p, uintptr_t handle, int async,
+                                                uint64_t *client_id);
+/* Sends the config's log messages to the Go logger behind `handle`. */
+conveyor_result conveyor_go_config_set_logger(conveyor_config *config, uintptr_t handle);
+/* A producer whose callbacks are the Go trampolines for `handle` (0: no callbacks). */
+conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
+                                         uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out);
+/* conveyor_completion_done for a completion Go holds as a number. */
+void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status);
+/*
+ * Publishes `n` events laid end to end in `data` (event i has `lens[i]` bytes), in
+ * chunks through conveyor_producer_publish_batch; `*accepted` receives how many
+ * leading events were accepted. Go memory here holds no pointers, so cgo can pass it
+ * without pinning every event.
+ */
+conveyor_result conveyor_go_publish_packed(conveyor_producer *p, const uint8_t *data, const size_t *lens, size_t n,
+                                           uint64_t timeout_ms, size_t *accepted);
+
+#endif
