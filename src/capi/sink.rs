@@ -19,9 +19,9 @@ use super::config::{conveyor_config, ConfigClient};
 use super::pipeline::conveyor_pipeline;
 use super::producer::{producer_options, ProducerCallbacks};
 use super::types::{
-    conveyor_bytes, conveyor_producer_config, conveyor_queue_sink_options, conveyor_queue_sink_report, conveyor_retry_strategy_vtable,
-    conveyor_sink_matcher, conveyor_sink_vtable, CONVEYOR_OVERFLOW_BLOCK, CONVEYOR_OVERFLOW_DROP_NEWEST,
-    CONVEYOR_OVERFLOW_DROP_OLDEST, CONVEYOR_SINK_CLOSE_TIMEOUT_MS,
+    conveyor_bytes, conveyor_producer_config, conveyor_queue_sink_options, conveyor_queue_sink_report,
+    conveyor_retry_strategy_vtable, conveyor_sink_matcher, conveyor_sink_vtable, CONVEYOR_OVERFLOW_BLOCK,
+    CONVEYOR_OVERFLOW_DROP_NEWEST, CONVEYOR_OVERFLOW_DROP_OLDEST, CONVEYOR_SINK_CLOSE_TIMEOUT_MS,
 };
 use super::vtable::UserData;
 use super::{conveyor_result, CONVEYOR_ERR_BUFFER_TOO_SMALL, CONVEYOR_ERR_CLOSED};
@@ -676,7 +676,12 @@ pub extern "C" fn conveyor_exponential_backoff_new(
 ) -> *mut conveyor_retry_strategy {
     ffi_value("conveyor_exponential_backoff_new", std::ptr::null_mut(), || {
         let ms = Duration::from_millis;
-        Ok(strategy_handle(Box::new(SinkExponentialBackoff::new(ms(base_ms), ms(factor_ms), ms(max_ms), rand::random()))))
+        Ok(strategy_handle(Box::new(SinkExponentialBackoff::new(
+            ms(base_ms),
+            ms(factor_ms),
+            ms(max_ms),
+            rand::random(),
+        ))))
     })
 }
 
@@ -844,7 +849,8 @@ pub unsafe extern "C" fn conveyor_channel_sink_recv(
         };
         *needed = event.len();
         if event.len() > len {
-            let message = format!("the event needs {} bytes, the buffer has {len}; it stays first in line", event.len());
+            let message =
+                format!("the event needs {} bytes, the buffer has {len}; it stays first in line", event.len());
             lock(&reader.held).push_front(event);
             return Err(Failure { code: CONVEYOR_ERR_BUFFER_TOO_SMALL, message });
         }
@@ -950,7 +956,10 @@ unsafe fn pipeline_sink(
 /// another client in failover and loadbalance modes). The pipeline never closes the
 /// sink: close it yourself when you no longer need it.
 #[no_mangle]
-pub unsafe extern "C" fn conveyor_config_add_sink(config: *mut conveyor_config, sink: *mut conveyor_sink) -> conveyor_result {
+pub unsafe extern "C" fn conveyor_config_add_sink(
+    config: *mut conveyor_config,
+    sink: *mut conveyor_sink,
+) -> conveyor_result {
     ffi_status("conveyor_config_add_sink", || {
         // SAFETY: the caller passes a live config it uses from this thread only.
         let c = unsafe { config.as_mut() }.ok_or_else(|| Failure::null("config"))?;

@@ -240,7 +240,8 @@ pub struct conveyor_sink_vtable {
 /// write still succeeds), any other value to forward it. The `len` bytes at `data`
 /// are valid only during the call. Runs on the writer's thread, possibly from
 /// several threads at once.
-pub type conveyor_sink_matcher = Option<unsafe extern "C" fn(userdata: *mut c_void, data: *const u8, len: usize) -> u32>;
+pub type conveyor_sink_matcher =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, data: *const u8, len: usize) -> u32>;
 
 /// Options of conveyor_queue_sink_new_with_options().
 #[repr(C)]
