@@ -38,9 +38,14 @@ type goMember struct {
 
 // NewBroadcaster returns a broadcaster over members (a sink given twice is kept once).
 func NewBroadcaster(members ...Sink) (*Broadcaster, error) {
-	c, err := createSink(func(out **C.conveyor_sink) C.conveyor_result {
-		return C.conveyor_broadcaster_new(nil, 0, out)
-	})
+	runtime.LockOSThread()
+	var c *C.conveyor_sink
+	rc := C.conveyor_broadcaster_new(nil, 0, &c)
+	var err error
+	if rc != C.CONVEYOR_OK {
+		err = lastError(rc)
+	}
+	runtime.UnlockOSThread()
 	if err != nil {
 		return nil, err
 	}

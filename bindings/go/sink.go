@@ -279,17 +279,6 @@ func sameSink(a, b Sink) bool {
 	return ta == reflect.TypeOf(b) && ta.Comparable() && a == b
 }
 
-// createSink runs a C constructor of a sink, locked to the OS thread.
-func createSink(create func(out **C.conveyor_sink) C.conveyor_result) (*C.conveyor_sink, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var c *C.conveyor_sink
-	if rc := create(&c); rc != C.CONVEYOR_OK {
-		return nil, lastError(rc)
-	}
-	return c, nil
-}
-
 // SinkClient makes a Sink a client of a pipeline (NewPipeline, AddClient): each
 // event of a batch is written in order; a failed write publishes the events before
 // it and the rest is retried on the same client; a sink answering ErrClosed counts as
