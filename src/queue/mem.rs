@@ -83,6 +83,11 @@ struct State {
     first_waiting_at: Instant,
     /// The smallest batch a blocked consumer waits for.
     consumer_want: usize,
+    /// A consumer spins for `spinner_want` events (at most one spins at a time).
+    spinning: bool,
+    spinner_want: usize,
+    /// The last batch came soon after a consumer started waiting for it.
+    short_waits: bool,
 }
 
 /// The in-memory queue. Build it with [`MemQueue::new`] or through the registry.
@@ -100,7 +105,21 @@ pub struct MemQueue {
     released_bytes: AtomicUsize,
     /// Producers waiting for room; changed under the lock, read by `release` without it.
     blocked_producers: AtomicUsize,
+    /// Bumped for a spinning consumer when its batch is complete or it must stop.
+    spin_signal: SpinSignal,
 }
+
+/// A counter on its own cache line, so that a consumer spinning on it is not
+/// disturbed by writes to its neighbours.
+#[repr(align(128))]
+#[derive(Default)]
+struct SpinSignal(AtomicU64);
+
+/// How long a consumer spins for its batch before it sleeps, when the previous
+/// batches came within [`SHORT_WAIT`]: a wake-up costs the producer more than a
+/// batch arriving every few microseconds is worth.
+const SPIN: Duration = Duration::from_micros(30);
+const SHORT_WAIT: Duration = Duration::from_micros(60);
 
 /// Most events `publish_batch` copies per lock hold: about a microsecond, less than a
 /// consumer spins on the lock before it sleeps.
@@ -142,6 +161,9 @@ impl MemQueue {
                     deep_sleepers: 0,
                     first_waiting_at: Instant::now(),
                     consumer_want: usize::MAX,
+                    spinning: false,
+                    spinner_want: usize::MAX,
+                    short_waits: false,
                 }),
                 not_full: Condvar::new(),
                 not_empty: Condvar::new(),
@@ -151,6 +173,7 @@ impl MemQueue {
                 released_events: AtomicUsize::new(0),
                 released_bytes: AtomicUsize::new(0),
                 blocked_producers: AtomicUsize::new(0),
+                spin_signal: SpinSignal::default(),
             }
         }))
     }
@@ -334,6 +357,9 @@ impl MemQueue {
     /// up to a held lock.
     fn signal_consumers(&self, st: MutexGuard<'_, State>, before: usize) {
         let after = st.waiting;
+        if st.spinning && before < st.spinner_want && after >= st.spinner_want {
+            self.spin_signal.0.fetch_add(1, Ordering::Release);
+        }
         let fills_batch = st.blocked_consumers > 0 && before < st.consumer_want && after >= st.consumer_want;
         let wake = fills_batch || (before == 0 && st.deep_sleepers > 0);
         drop(st);
@@ -407,6 +433,46 @@ impl MemQueue {
         let data = Arc::new(EventsData::new(segs, seg_base, refs, bytes, producer, Some(self.pool.clone())));
         let id = self.tracker.open(data.clone());
         Batch::new(id, Events::new(data, Selection::Range(0..n as u32)), self.tracker.clone())
+    }
+
+    /// Spins without the lock until a producer completes a batch of `want` events, the
+    /// queue is woken or closed, or `until`; returns the lock.
+    fn spin<'a>(&'a self, mut st: MutexGuard<'a, State>, want: usize, until: Instant) -> MutexGuard<'a, State> {
+        st.spinning = true;
+        st.spinner_want = want;
+        let signal = self.spin_signal.0.load(Ordering::Acquire);
+        drop(st);
+        let mut turns = 0u32;
+        while self.spin_signal.0.load(Ordering::Acquire) == signal {
+            std::hint::spin_loop();
+            turns = turns.wrapping_add(1);
+            if turns % 64 == 0 && Instant::now() >= until {
+                break;
+            }
+        }
+        let mut st = self.lock_spinning();
+        st.spinning = false;
+        st.spinner_want = usize::MAX;
+        st
+    }
+
+    /// The lock, spinning up to [`SPIN`] for it first: producers hold it for short
+    /// runs, and a consumer that sleeps on it costs the producer a wake-up.
+    fn lock_spinning(&self) -> MutexGuard<'_, State> {
+        let until = Instant::now() + SPIN;
+        let mut turns = 0u32;
+        loop {
+            match self.state.try_lock() {
+                Ok(st) => return st,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            std::hint::spin_loop();
+            turns = turns.wrapping_add(1);
+            if turns % 64 == 0 && Instant::now() >= until {
+                return lock(&self.state);
+            }
+        }
     }
 
     /// The reference of the `i`-th waiting event.
@@ -583,6 +649,8 @@ impl Queue for MemQueue {
         // Found empty, a consumer first sleeps one flush timeout without asking
         // producers to wake it at their first event (see `State::deep_sleepers`).
         let mut light_sleep = !flush_timeout.is_zero();
+        let mut may_spin = true;
+        let mut waiting_since: Option<Instant> = None;
         loop {
             if st.closed {
                 return Err(Error::Closed);
@@ -599,6 +667,7 @@ impl Queue for MemQueue {
                     || flush_timeout.is_zero()
                     || flush_at.is_some_and(|d| Instant::now() >= d);
                 if due {
+                    st.short_waits = waiting_since.map_or(true, |t| t.elapsed() < SHORT_WAIT);
                     let batch = self.take(&mut st, max);
                     let chain = st.blocked_consumers > 0 && st.waiting > 0;
                     drop(st);
@@ -608,8 +677,16 @@ impl Queue for MemQueue {
                     return Ok(Some(batch));
                 }
                 wake_at = flush_at;
-            } else if std::mem::take(&mut light_sleep) {
-                wake_at = Instant::now().checked_add(flush_timeout);
+            }
+            let now = Instant::now();
+            waiting_since.get_or_insert(now);
+            if std::mem::take(&mut may_spin) && st.short_waits && !st.spinning && !st.input_closed {
+                let until = wake_at.map_or(now + SPIN, |d| d.min(now + SPIN));
+                st = self.spin(st, want, until);
+                continue;
+            }
+            if avail == 0 && std::mem::take(&mut light_sleep) {
+                wake_at = now.checked_add(flush_timeout);
             }
             let deep = avail == 0 && wake_at.is_none();
             st.blocked_consumers += 1;
@@ -644,12 +721,14 @@ impl Queue for MemQueue {
     fn wake_consumers(&self) {
         let _st = lock(&self.state);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.spin_signal.0.fetch_add(1, Ordering::Release);
         self.not_empty.notify_all();
     }
 
     fn close_input(&self) {
         let mut st = lock(&self.state);
         st.input_closed = true;
+        self.spin_signal.0.fetch_add(1, Ordering::Release);
         self.not_full.notify_all();
         self.not_empty.notify_all();
     }
@@ -664,6 +743,7 @@ impl Queue for MemQueue {
             Some(self.take(&mut st, n))
         };
         st.closed = true;
+        self.spin_signal.0.fetch_add(1, Ordering::Release);
         self.not_full.notify_all();
         self.not_empty.notify_all();
         rest
