@@ -308,28 +308,14 @@ impl MemQueue {
     fn store_run(&self, st: &mut State, producer: u32, events: &[&[u8]], refs: &mut Vec<EventRef>) -> usize {
         let mut bytes = 0;
         let mut rest = events;
-        while let Some(first) = rest.first() {
-            let room = st.open.capacity() - st.open.len();
-            let mut run_bytes = 0;
-            let fit = rest
-                .iter()
-                .position(|e| {
-                    run_bytes += e.len();
-                    run_bytes > room
-                })
-                .unwrap_or(rest.len());
-            if fit == 0 {
-                self.freeze(st, first.len());
-                continue;
-            }
-            let (seg, start) = (st.open_id, st.open.len());
-            for event in &rest[..fit] {
-                let off = st.open.len() as u32;
-                st.open.extend_from_slice(event);
-                refs.push(EventRef { seg, off, len: event.len() as u32, producer });
-            }
+        while !rest.is_empty() {
+            let start = st.open.len();
+            let stored = copy_fitting(&mut st.open, refs, st.open_id, producer, rest);
             bytes += st.open.len() - start;
-            rest = &rest[fit..];
+            if stored < rest.len() {
+                self.freeze(st, rest[stored].len());
+            }
+            rest = &rest[stored..];
         }
         bytes
     }
@@ -578,8 +564,11 @@ impl Queue for MemQueue {
     }
 
     fn publish_batch(&self, producer: &ProducerKey, events: &[&[u8]], timeout: Option<Duration>) -> Result<usize> {
-        if let Some(e) = events.iter().find(|e| check_event_len(e.len(), &self.settings).is_err()) {
-            check_event_len(e.len(), &self.settings)?;
+        let longest = events.iter().fold(0, |longest, e| longest.max(e.len()));
+        if check_event_len(longest, &self.settings).is_err() {
+            if let Some(e) = events.iter().find(|e| check_event_len(e.len(), &self.settings).is_err()) {
+                check_event_len(e.len(), &self.settings)?;
+            }
         }
         let deadline = timeout_deadline(timeout);
         let mut accepted = 0;
@@ -783,6 +772,23 @@ impl Queue for MemQueue {
     }
 }
 
+/// Copies the payloads of the leading `events` that fit in `open` without growing it
+/// and appends their references (segment `seg`) to `refs`; returns how many. Kept
+/// apart from the queue state so that the loop keeps both vectors in registers.
+fn copy_fitting(open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32, events: &[&[u8]]) -> usize {
+    let mut stored = 0;
+    for event in events {
+        if open.capacity() - open.len() < event.len() {
+            break;
+        }
+        let off = open.len() as u32;
+        open.extend_from_slice(event);
+        refs.push(EventRef { seg, off, len: event.len() as u32, producer });
+        stored += 1;
+    }
+    stored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -828,6 +834,17 @@ mod tests {
         rest.ack().unwrap();
         q.flush(Some(Duration::from_secs(10))).unwrap();
         assert_eq!(q.stats().events, 0);
+    }
+
+    #[test]
+    fn a_batch_with_an_event_that_can_never_fit_is_refused_whole() {
+        let q = MemQueue::new(QueueSettings { bytes: 100, ..QueueSettings::default() }, None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        let (small, big, bigger) = (vec![1u8; 10], vec![2u8; 101], vec![3u8; 150]);
+        let err = p.publish_batch(&[&small, &big, &small, &bigger], None).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("event of 101 bytes")), "{err}");
+        assert_eq!(p.counts().accepted, 0);
+        assert_eq!(q.stats().waiting, 0);
     }
 
     #[test]
