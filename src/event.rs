@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn views_read_across_segments_with_wrapping_ids() {
+        let pool = Arc::new(SegmentPool::default());
+        let first = Arc::new(Segment::new(b"aabbb".to_vec(), pool.clone()));
+        let second = Arc::new(Segment::new(b"cd".to_vec(), pool));
+        let at = |seg, off, len, producer| EventRef { seg, off, len, producer };
+        let refs = vec![at(u32::MAX, 0, 2, 0), at(u32::MAX, 2, 3, 1), at(0, 0, 1, 0), at(0, 1, 1, 1)];
+        let data = Arc::new(EventsData::new(vec![first, second], u32::MAX, refs, 7, None, None));
+        let all = Events::new(data, Selection::Range(0..4));
+        let expected: Vec<&[u8]> = vec![b"aa", b"bbb", b"c", b"d"];
+        assert_eq!(all.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(all.iter().len(), 4);
+        let (_, tail) = all.split_at(1);
+        assert_eq!(tail.iter().collect::<Vec<_>>(), expected[1..]);
+        let odd = all.filter_producers(|p| p == 1);
+        assert_eq!(odd.iter().collect::<Vec<_>>(), vec![&b"bbb"[..], &b"d"[..]]);
+        assert_eq!((odd.get(1), odd.iter().len()), (&b"d"[..], 2));
+    }
+
+    #[test]
     #[should_panic(expected = "out of range")]
     fn get_out_of_range_panics_with_a_message() {
         events(&[b"a"]).get(1);
