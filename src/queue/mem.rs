@@ -9,7 +9,7 @@
 //! hold, so a consumer never waits long for the lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -110,10 +110,10 @@ pub struct MemQueue {
 }
 
 /// A counter on its own cache line, so that a consumer spinning on it is not
-/// disturbed by writes to its neighbours.
+/// disturbed by writes to its neighbours; and whether a consumer spins for the lock.
 #[repr(align(128))]
 #[derive(Default)]
-struct SpinSignal(AtomicU64);
+struct SpinSignal(AtomicU64, AtomicBool);
 
 /// How long a consumer spins for its batch before it sleeps, when the previous
 /// batches came within [`SHORT_WAIT`]: a wake-up costs the producer more than a
@@ -443,8 +443,20 @@ impl MemQueue {
     }
 
     /// The lock, spinning up to [`SPIN`] for it first: producers hold it for short
-    /// runs, and a consumer that sleeps on it costs the producer a wake-up.
+    /// runs (see [`LOCKED_RUN`]), and a consumer that sleeps on it costs the producer
+    /// a wake-up.
     fn lock_spinning(&self) -> MutexGuard<'_, State> {
+        // One spinner at a time: with several consumers, the others would only take
+        // the CPU the lock holder needs.
+        if self.spin_signal.1.swap(true, Ordering::Acquire) {
+            return lock(&self.state);
+        }
+        let st = self.spin_for_lock();
+        self.spin_signal.1.store(false, Ordering::Release);
+        st
+    }
+
+    fn spin_for_lock(&self) -> MutexGuard<'_, State> {
         let until = Instant::now() + SPIN;
         let mut turns = 0u32;
         loop {
@@ -633,7 +645,7 @@ impl Queue for MemQueue {
         let max = max.max(1);
         let want = max.min(self.settings.flush_min_events.max(1));
         let flush_timeout = self.settings.flush_timeout;
-        let mut st = lock(&self.state);
+        let mut st = self.lock_spinning();
         st.chunk_events = Self::chunk_size(&self.settings, max);
         // Found empty, a consumer first sleeps one flush timeout without asking
         // producers to wake it at their first event (see `State::deep_sleepers`).
