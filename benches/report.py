@@ -141,7 +141,8 @@ def table(results: List[Result], missing: List[str], chart: Optional[str]) -> st
             f"| {r.suite} | {r.scenario} | {rate(r.events_per_s)} | {r.reference} | "
             f"{rate(r.reference_events_per_s)} | {r.ratio:.2f}{spread} | {r.goal:g} | {'yes' if r.met else '**no**'} |"
         )
-    lines += [f"", *(f"Not in this run: {m}." for m in missing)]
+    if missing:
+        lines += ["", *(f"Not in this run: {m}." for m in missing)]
     if chart:
         lines += ["", f"![events/s of each scenario next to its reference]({chart})"]
     return "\n".join(lines).rstrip() + "\n"
