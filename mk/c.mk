@@ -1,6 +1,7 @@
 # C ABI (src/capi): the generated header, the shared and static library, the C++
-# wrapper, the C and C++ tests (plain, ASan+UBSan, valgrind; dynamic and static
-# linking; an install into a fresh prefix used through pkg-config) and the examples.
+# wrapper, the C and C++ tests (test_capi, test_sinks, test_cpp: plain, ASan+UBSan,
+# valgrind; dynamic and static linking; an install into a fresh prefix used through
+# pkg-config) and the examples.
 #
 #   make header        regenerate include/conveyor.h after changing src/capi
 #   make test-c        every C/C++ check (part of `make test`)
@@ -90,6 +91,8 @@ c-abi: c-stage
 $(C_BUILD)/test_capi $(C_BUILD)/test_capi_static $(C_BUILD)/test_capi_asan: tests/c/test_capi.c \
   tests/c/harness.h tests/c/support.h c-stage
 $(C_BUILD)/test_cpp $(C_BUILD)/test_cpp_asan: tests/c/test_cpp.cpp tests/c/harness.h c-stage
+$(C_BUILD)/test_sinks $(C_BUILD)/test_sinks_asan: tests/c/test_sinks.c tests/c/harness.h tests/c/support.h \
+  c-stage
 
 $(C_BUILD)/test_capi:
 	$(CC) $(C_STD) $(C_WARN) -g $(C_INCLUDES) tests/c/test_capi.c -o $@ $(C_DYNAMIC)
@@ -102,28 +105,37 @@ $(C_BUILD)/test_capi_static:
 $(C_BUILD)/test_capi_asan:
 	$(CC) $(C_STD) $(C_WARN) -g $(C_SANITIZE) $(C_INCLUDES) tests/c/test_capi.c -o $@ $(C_DYNAMIC)
 
+$(C_BUILD)/test_sinks:
+	$(CC) $(C_STD) $(C_WARN) -g $(C_INCLUDES) tests/c/test_sinks.c -o $@ $(C_DYNAMIC)
+
+$(C_BUILD)/test_sinks_asan:
+	$(CC) $(C_STD) $(C_WARN) -g $(C_SANITIZE) $(C_INCLUDES) tests/c/test_sinks.c -o $@ $(C_DYNAMIC)
+
 $(C_BUILD)/test_cpp:
 	$(CXX) $(CXX_STD) $(C_WARN) -g $(C_INCLUDES) tests/c/test_cpp.cpp -o $@ $(C_DYNAMIC)
 
 $(C_BUILD)/test_cpp_asan:
 	$(CXX) $(CXX_STD) $(C_WARN) -g $(C_SANITIZE) $(C_INCLUDES) tests/c/test_cpp.cpp -o $@ $(C_DYNAMIC)
 
-c-test-plain: $(C_BUILD)/test_capi $(C_BUILD)/test_cpp
+c-test-plain: $(C_BUILD)/test_capi $(C_BUILD)/test_cpp $(C_BUILD)/test_sinks
 	$(C_RUN) $(C_BUILD)/test_capi
 	$(C_RUN) $(C_BUILD)/test_cpp
+	$(C_RUN) $(C_BUILD)/test_sinks
 
 c-test-static: $(C_BUILD)/test_capi_static
 	@! readelf -d $< | grep -q 'libconveyor' || { echo "$< links libconveyor dynamically"; exit 1; }
 	$(C_RUN) $<
 
-c-test-sanitize: $(C_BUILD)/test_capi_asan $(C_BUILD)/test_cpp_asan
+c-test-sanitize: $(C_BUILD)/test_capi_asan $(C_BUILD)/test_cpp_asan $(C_BUILD)/test_sinks_asan
 	@nm $(C_BUILD)/test_capi_asan | grep -q __asan_init || { echo "ASan is not linked in"; exit 1; }
 	$(C_RUN) $(C_BUILD)/test_capi_asan
 	$(C_RUN) $(C_BUILD)/test_cpp_asan
+	$(C_RUN) $(C_BUILD)/test_sinks_asan
 
-c-test-valgrind: c-deps $(C_BUILD)/test_capi $(C_BUILD)/test_cpp
+c-test-valgrind: c-deps $(C_BUILD)/test_capi $(C_BUILD)/test_cpp $(C_BUILD)/test_sinks
 	$(C_RUN) $(C_VALGRIND) $(C_BUILD)/test_capi
 	$(C_RUN) $(C_VALGRIND) $(C_BUILD)/test_cpp
+	$(C_RUN) $(C_VALGRIND) $(C_BUILD)/test_sinks
 
 # `make install` into a fresh prefix, then the examples built only through pkg-config.
 c-test-install: c-deps c-lib
@@ -135,15 +147,20 @@ c-test-install: c-deps c-lib
 	  pkg-config --static --libs conveyor | grep -q -- '-ldl' && \
 	  $(CC) $(C_STD) $(C_WARN) examples/c/failover.c -o $(C_BUILD)/failover_pkgconfig \
 	    $$(pkg-config --cflags --libs conveyor) -Wl,-rpath,$$(pkg-config --variable=libdir conveyor) && \
+	  $(CC) $(C_STD) $(C_WARN) examples/c/fanout.c -o $(C_BUILD)/fanout_pkgconfig \
+	    $$(pkg-config --cflags --libs conveyor) -Wl,-rpath,$$(pkg-config --variable=libdir conveyor) && \
 	  $(CXX) $(CXX_STD) $(C_WARN) examples/cpp/loadbalance.cpp -o $(C_BUILD)/loadbalance_pkgconfig \
 	    $$(pkg-config --cflags --libs conveyor) -lpthread -Wl,-rpath,$$(pkg-config --variable=libdir conveyor)
 	readelf -d $(C_BUILD)/failover_pkgconfig | grep -q 'NEEDED.*libconveyor.so.$(C_SOVERSION)'
 	$(C_RUN) $(C_BUILD)/failover_pkgconfig >/dev/null 2>&1
+	$(C_RUN) $(C_BUILD)/fanout_pkgconfig >/dev/null
 	$(C_RUN) $(C_BUILD)/loadbalance_pkgconfig >/dev/null
 	@echo "c-test-install: installed into $(C_PREFIX_TEST) and built the examples with pkg-config"
 
 demo-c: c-stage
 	$(CC) $(C_STD) $(C_WARN) $(C_INCLUDES) examples/c/failover.c -o $(C_BUILD)/failover $(C_DYNAMIC)
+	$(CC) $(C_STD) $(C_WARN) $(C_INCLUDES) examples/c/fanout.c -o $(C_BUILD)/fanout $(C_DYNAMIC)
 	$(CXX) $(CXX_STD) $(C_WARN) $(C_INCLUDES) examples/cpp/loadbalance.cpp -o $(C_BUILD)/loadbalance $(C_DYNAMIC)
 	$(C_BUILD)/failover
+	$(C_BUILD)/fanout
 	$(C_BUILD)/loadbalance

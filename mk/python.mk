@@ -38,10 +38,12 @@ test-python: python-wheel
 	$(PY_BIN)/python -m pytest -q -p no:cacheprovider tests/python
 	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy.stubtest conveyor._conveyor
 	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy --strict -p conveyor
-	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy --strict examples/python/demo.py python/bench/bench_python.py
+	MYPY_CACHE_DIR=build/mypy-cache $(PY_BIN)/python -m mypy --strict examples/python/demo.py \
+	  examples/python/fanout.py python/bench/bench_python.py
 
 demo-python: python-wheel
 	$(PY_BIN)/python examples/python/demo.py
+	$(PY_BIN)/python examples/python/fanout.py
 
 bench-python: python-wheel
 	$(PY_BIN)/python python/bench/bench_python.py $(BENCH_PYTHON_ARGS)

@@ -67,8 +67,8 @@ impl Drop for Segment {
     }
 }
 
-/// Where one event lives: its segment (an index into the batch's segment list),
-/// its byte range, and the producer that published it.
+/// Where one event lives: its segment (its queue's segment id, wrapping; see
+/// [`EventsData`]), its byte range, and the producer that published it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EventRef {
     pub(crate) seg: u32,
@@ -79,16 +79,34 @@ pub(crate) struct EventRef {
 
 /// The storage behind one batch: the segments it spans and where each event is.
 pub(crate) struct EventsData {
-    pub(crate) segs: Vec<Arc<Segment>>,
+    /// Consecutive segments; `segs[0]` has id `seg_base`.
+    segs: Vec<Arc<Segment>>,
+    seg_base: u32,
     pub(crate) refs: Vec<EventRef>,
+    /// Payload bytes of all events.
+    pub(crate) bytes: usize,
+    /// The producer of every event, when they all have the same one.
+    pub(crate) sole_producer: Option<u32>,
 }
 
 impl EventsData {
+    /// `refs` point into `segs`, whose first segment has id `seg_base`.
+    pub(crate) fn new(segs: Vec<Arc<Segment>>, seg_base: u32, refs: Vec<EventRef>) -> EventsData {
+        let first_producer = refs.first().map_or(0, |r| r.producer);
+        let (mut bytes, mut other_producers) = (0usize, 0u32);
+        for r in &refs {
+            bytes += r.len as usize;
+            other_producers |= r.producer ^ first_producer;
+        }
+        let sole_producer = (other_producers == 0 && !refs.is_empty()).then_some(first_producer);
+        EventsData { segs, seg_base, refs, bytes, sole_producer }
+    }
+
     #[inline]
     pub(crate) fn payload(&self, i: usize) -> &[u8] {
         let r = self.refs[i];
         let start = r.off as usize;
-        &self.segs[r.seg as usize].data[start..start + r.len as usize]
+        &self.segs[r.seg.wrapping_sub(self.seg_base) as usize].data[start..start + r.len as usize]
     }
 }
 
@@ -234,7 +252,7 @@ mod tests {
             refs.push(EventRef { seg: 0, off: data.len() as u32, len: p.len() as u32, producer: i as u32 % 2 });
             data.extend_from_slice(p);
         }
-        let data = Arc::new(EventsData { segs: vec![Arc::new(Segment::new(data, pool))], refs });
+        let data = Arc::new(EventsData::new(vec![Arc::new(Segment::new(data, pool))], 0, refs));
         let n = payloads.len() as u32;
         Events::new(data, Selection::Range(0..n))
     }

@@ -72,7 +72,7 @@ func TestPublishBatchCopiesEveryEventInOrder(t *testing.T) {
 	if n, err := prod.PublishBatch(ctx, nil); n != 0 || err != nil {
 		t.Fatalf("empty batch: %d, %v", n, err)
 	}
-	// Batches larger than the queue and than one C chunk wait for room part by part.
+	// Batches larger than the queue wait for room part by part.
 	next := uint64(0)
 	for _, size := range []int{1, 7, 300, 1024, 1500, 3} {
 		batch := make([][]byte, size)

@@ -1,8 +1,14 @@
 package conveyor
 
+// /* These calls never call back into Go on the calling thread (conveyor runs
+//    callbacks on its own threads) and keep no pointer they are given: with both
+//    directives an event passed to Publish need not escape to the heap. */
 // #cgo noescape conveyor_producer_try_publish
+// #cgo nocallback conveyor_producer_try_publish
 // #cgo noescape conveyor_producer_publish
-// #cgo noescape conveyor_go_publish_packed
+// #cgo nocallback conveyor_producer_publish
+// #cgo noescape conveyor_producer_publish_batch
+// #cgo nocallback conveyor_producer_publish_batch
 // #include "shims.h"
 import "C"
 
@@ -127,46 +133,19 @@ func (p *Producer) TryPublish(event []byte) error {
 	return nil
 }
 
-// packedBatch holds a batch laid end to end in pointer-free Go memory, which cgo lets
-// C read without pinning each event; recycled through packedBatches.
-type packedBatch struct {
-	data     []byte
-	lens     []C.size_t
-	accepted C.size_t
-}
-
-var packedBatches = sync.Pool{New: func() any { return new(packedBatch) }}
-
-func (b *packedBatch) pack(events [][]byte) {
-	total := 0
-	for _, e := range events {
-		total += len(e)
-	}
-	if cap(b.data) < total {
-		b.data = make([]byte, total)
-	}
-	if cap(b.lens) < len(events) {
-		b.lens = make([]C.size_t, len(events))
-	}
-	b.data, b.lens = b.data[:total], b.lens[:len(events)]
-	offset := 0
-	for i, e := range events {
-		offset += copy(b.data[offset:], e)
-		b.lens[i] = C.size_t(len(e))
-	}
-}
-
 // PublishBatch publishes events in order (copied), waiting for room until ctx ends,
 // and returns how many leading events were accepted: all of them with a nil error, or
-// fewer with the reason (ctx's error, ErrClosed, ErrCanceled, ...).
+// fewer with the reason (ctx's error, ErrClosed, ErrCanceled, ...). Events of
+// pinThreshold bytes or more are read in place, pinned for the duration of the call;
+// the others are copied once into C memory first (see batchArgs).
 func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, error) {
 	if len(events) == 0 {
 		return 0, nil
 	}
-	b := packedBatches.Get().(*packedBatch)
-	defer packedBatches.Put(b)
-	b.pack(events)
-	accepted, offset := 0, 0
+	args := batchArgsPool.Get().(*batchArgs)
+	views := args.prepare(events)
+	defer args.release()
+	accepted := 0
 	timeout := C.uint64_t(0) // the first attempt takes what fits without waiting
 	for {
 		p.mu.RLock()
@@ -174,22 +153,16 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 			p.mu.RUnlock()
 			return accepted, errProducerClosed()
 		}
-		var data *C.uint8_t
-		if offset < len(b.data) {
-			data = (*C.uint8_t)(unsafe.Pointer(&b.data[offset]))
-		}
+		var taken C.size_t
 		runtime.LockOSThread()
-		r := C.conveyor_go_publish_packed(p.c, data, &b.lens[accepted], C.size_t(len(events)-accepted), timeout, &b.accepted)
+		r := C.conveyor_producer_publish_batch(p.c, &views[accepted], C.size_t(len(views)-accepted), timeout, &taken)
 		var err error
 		if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
 			err = lastError(r)
 		}
 		runtime.UnlockOSThread()
 		p.mu.RUnlock()
-		for _, n := range b.lens[accepted : accepted+int(b.accepted)] {
-			offset += int(n)
-		}
-		accepted += int(b.accepted)
+		accepted += int(taken)
 		if accepted == len(events) {
 			return accepted, nil
 		}

@@ -98,29 +98,3 @@ conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle,
 void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status) {
     conveyor_completion_done((conveyor_completion *)completion, published, status);
 }
-
-/* Views per conveyor_producer_publish_batch call, on the C stack (8 KiB). */
-#define PACKED_CHUNK 512
-
-conveyor_result conveyor_go_publish_packed(conveyor_producer *p, const uint8_t *data, const size_t *lens, size_t n,
-                                           uint64_t timeout_ms, size_t *accepted) {
-    conveyor_bytes views[PACKED_CHUNK];
-    size_t offset = 0;
-    *accepted = 0;
-    while (*accepted < n) {
-        size_t first = *accepted;
-        size_t k = n - first < PACKED_CHUNK ? n - first : PACKED_CHUNK;
-        for (size_t i = 0; i < k; i++) {
-            views[i].data = data ? data + offset : NULL;
-            views[i].len = lens[first + i];
-            offset += lens[first + i];
-        }
-        size_t got = 0;
-        conveyor_result r = conveyor_producer_publish_batch(p, views, k, timeout_ms, &got);
-        *accepted = first + got;
-        if (r != CONVEYOR_OK || got < k) {
-            return r;
-        }
-    }
-    return CONVEYOR_OK;
-}

@@ -22,13 +22,5 @@ conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle,
                                          uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out);
 /* conveyor_completion_done for a completion Go holds as a number. */
 void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status);
-/*
- * Publishes `n` events laid end to end in `data` (event i has `lens[i]` bytes), in
- * chunks through conveyor_producer_publish_batch; `*accepted` receives how many
- * leading events were accepted. Go memory here holds no pointers, so cgo can pass it
- * without pinning every event.
- */
-conveyor_result conveyor_go_publish_packed(conveyor_producer *p, const uint8_t *data, const size_t *lens, size_t n,
-                                           uint64_t timeout_ms, size_t *accepted);
 
 #endif

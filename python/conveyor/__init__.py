@@ -18,17 +18,43 @@ raise `conveyor.Retry` for a temporary failure on the same connection, or raise
 anything else when the connection is broken. Client methods and callbacks run on
 conveyor's threads, once per batch; exceptions they raise are logged on the
 `conveyor` logger and never reach the engine.
+
+Sinks take events one at a time and compose: `Broadcaster`, `QueueSink`, `Filter`,
+`RetryingSink` (with `Breaker`, `ExponentialBackoff` or your own strategy),
+`ChannelSink`, and `pipeline.as_sink()`; any object with `write(bytes)` is a sink, and
+a sink can be a pipeline's client. Every event to two outputs, neither holding back
+the other:
+
+    with conveyor.Broadcaster([conveyor.QueueSink(search.as_sink(), 4096),
+                               conveyor.QueueSink(archive.as_sink(), 4096)]) as fanout:
+        fanout.write(b"event")
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import time
-from typing import Dict, List, Optional, Union
+from types import TracebackType
+from typing import Dict, List, Optional, Type, Union
 
 from . import _conveyor
-from ._conveyor import CONFIG_KEYS, Completion, Producer, __version__
+from ._conveyor import (
+    CONFIG_KEYS,
+    Breaker,
+    Broadcaster,
+    ChannelSink,
+    Completion,
+    ExponentialBackoff,
+    Filter,
+    NativeSink,
+    PipelineSink,
+    Producer,
+    QueueSink,
+    RetryingSink,
+    __version__,
+)
 from ._errors import (
     CancelledError,
     ClientError,
@@ -43,7 +69,10 @@ from ._errors import (
 
 __all__ = [
     "AsyncClient",
+    "Breaker",
+    "Broadcaster",
     "CancelledError",
+    "ChannelSink",
     "Client",
     "ClientError",
     "ClosedError",
@@ -51,11 +80,19 @@ __all__ = [
     "CONFIG_KEYS",
     "ConfigError",
     "Error",
+    "ExponentialBackoff",
+    "Filter",
     "FullError",
     "InvalidArgumentError",
+    "NativeSink",
     "Pipeline",
+    "PipelineSink",
     "Producer",
+    "QueueSink",
     "Retry",
+    "RetryStrategy",
+    "RetryingSink",
+    "Sink",
     "TimeoutError",
     "__version__",
 ]
@@ -104,6 +141,63 @@ class AsyncClient:
         temporary). Raising here means the connection is broken."""
         raise NotImplementedError
 
+
+class Sink(abc.ABC):
+    """Base class of a sink written in Python (subclassing it is optional: any object
+    with a `write` method works, `close` is optional). conveyor's own sinks
+    (`QueueSink`, `Broadcaster`, ...) count as subclasses.
+
+    `write` may be called from several threads (writers, a queue's thread, pipeline
+    workers when the sink is a client). Raise `conveyor.ClosedError` once the sink is
+    closed for good (a broadcaster then drops it, a retrying sink stops retrying); any
+    other exception is a failed write, logged on the `conveyor` logger.
+    """
+
+    @abc.abstractmethod
+    def write(self, event: bytes) -> None:
+        """Takes one event."""
+
+    def close(self) -> None:
+        """Closes the sink; conveyor calls it once (writes after it are refused)."""
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+Sink.register(NativeSink)
+
+
+class RetryStrategy(abc.ABC):
+    """Base class of a retry strategy for `RetryingSink` written in Python (optional:
+    any object with these methods works). The methods run on the writing threads,
+    one call at a time. A method that raises is logged; a failed `proceed` means no
+    wait, a failed `failure` gives up on the event."""
+
+    @abc.abstractmethod
+    def proceed(self) -> float:
+        """Seconds to wait before the next attempt (0.0: now); asked before every
+        attempt, an event's first included."""
+
+    @abc.abstractmethod
+    def failure(self) -> bool:
+        """An attempt failed: return True to give up on the event (the write then
+        raises `ClientError`), False to try again."""
+
+    @abc.abstractmethod
+    def success(self) -> None:
+        """An attempt succeeded."""
+
+
+RetryStrategy.register(Breaker)
+RetryStrategy.register(ExponentialBackoff)
 
 
 class Pipeline(_conveyor.Pipeline):

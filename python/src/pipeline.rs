@@ -19,8 +19,9 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple, P
 use pyo3::Borrowed;
 
 use crate::bridge::{detached, drain_logs, engine_logger, Bridge};
-use crate::clients::{ack_callback, drop_callback, wrap};
+use crate::clients::{ack_callback, drop_callback};
 use crate::errors::{to_py, IntoPyResult, INVALID_ARGUMENT, TIMEOUT};
+use crate::sinks::{client_or_sink, Node, PyPipelineSink};
 
 /// Longest detached wait between two signal checks.
 const SLICE: Duration = Duration::from_millis(50);
@@ -28,14 +29,47 @@ const SLICE: Duration = Duration::from_millis(50);
 const DEFAULT_CLOSE_TIMEOUT: f64 = 30.0;
 
 struct Shared {
-    pipeline: conveyor::Pipeline,
+    /// Shared with the pipeline's sinks (`as_sink`).
+    pipeline: Arc<conveyor::Pipeline>,
     bridge: Arc<Bridge>,
     closed: AtomicBool,
+    /// The pipeline in the graph of who writes into whom (see `sinks::Node`).
+    node: Arc<Node>,
+}
+
+impl Shared {
+    /// The pipeline was closed (by `close()` or through its sink).
+    fn mark_closed(self: &Arc<Shared>) {
+        self.closed.store(true, Ordering::Release);
+        open_pipelines().retain(|p| p.upgrade().is_some_and(|p| !Arc::ptr_eq(&p, self)));
+    }
+}
+
+/// The pipeline as a sink: closing it closes the pipeline as `close()` does.
+struct SinkOfPipeline {
+    sink: conveyor::sink::PipelineSink,
+    shared: Arc<Shared>,
+}
+
+impl conveyor::sink::Sink for SinkOfPipeline {
+    fn write(&self, event: &[u8]) -> conveyor::Result<()> {
+        self.sink.write(event)
+    }
+
+    fn close(&self) -> conveyor::Result<()> {
+        self.sink.close()?;
+        self.shared.mark_closed();
+        Ok(())
+    }
+
+    fn stats(&self) -> conveyor::sink::SinkStats {
+        self.sink.stats()
+    }
 }
 
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn json_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+pub(crate) fn json_loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     JSON_LOADS.get_or_try_init(py, || py.import("json")?.getattr("loads").map(Bound::unbind)).map(|f| f.bind(py))
 }
 
@@ -123,9 +157,12 @@ impl PyPipeline {
         let settings = crate::config::from_kwargs(py, config)?;
         let bridge = Arc::new(Bridge::default());
         let mut builder = conveyor::Pipeline::builder(settings).logger(engine_logger());
+        let mut sinks = Vec::new();
         if let Some(clients) = clients.filter(|c| !c.is_none()) {
             for client in clients.try_iter()? {
-                builder = builder.any_client(wrap(&client?, &bridge)?);
+                let (client, sink) = client_or_sink(&client?, &bridge)?;
+                builder = builder.any_client(client);
+                sinks.extend(sink);
             }
         }
         match (hosts, callable(py, "factory", factory)?) {
@@ -138,7 +175,12 @@ impl PyPipeline {
             }
         }
         let pipeline = detached(py, move || builder.build()).py(py)?;
-        let shared = Arc::new(Shared { pipeline, bridge, closed: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            pipeline: Arc::new(pipeline),
+            bridge,
+            closed: AtomicBool::new(false),
+            node: Node::new(sinks),
+        });
         let mut open = open_pipelines();
         open.retain(|p| p.strong_count() > 0);
         open.push(Arc::downgrade(&shared));
@@ -186,8 +228,7 @@ impl PyPipeline {
         let timeout = timeout_arg(py, "timeout", timeout)?.unwrap_or(Duration::MAX);
         let shared = self.shared.clone();
         let report = detached(py, move || shared.pipeline.close(timeout)).py(py)?;
-        self.shared.closed.store(true, Ordering::Release);
-        open_pipelines().retain(|p| p.upgrade().is_some_and(|p| !Arc::ptr_eq(&p, &self.shared)));
+        self.shared.mark_closed();
         drain_logs(py);
         let d = PyDict::new(py);
         d.set_item("accepted", report.accepted)?;
@@ -207,11 +248,56 @@ impl PyPipeline {
         Ok(stats)
     }
 
-    /// Adds a client while running (not in mode `single`); returns its id.
+    /// Adds a client (or a sink) while running (not in mode `single`); returns its id.
+    /// Raises `InvalidArgumentError` for a sink that writes into this pipeline.
     fn add_client(&self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let client = wrap(client, &self.shared.bridge)?;
+        let (client, sink) = client_or_sink(client, &self.shared.bridge)?;
+        let node = &self.shared.node;
+        let linked = match &sink {
+            Some(to) => node.link(py, to, "serving this sink as a client of the pipeline")?,
+            None => false,
+        };
         let shared = self.shared.clone();
-        detached(py, move || shared.pipeline.add_client(client)).py(py)
+        detached(py, move || shared.pipeline.add_client(client)).py(py).inspect_err(|_| {
+            if let (true, Some(to)) = (linked, &sink) {
+                node.unlink(to);
+            }
+        })
+    }
+
+    /// This pipeline as a sink (`conveyor.PipelineSink`): a write publishes the event
+    /// through a producer of its own (made with `on_ack`, `on_drop`, `guaranteed` as by
+    /// `producer()`), waiting up to `publish_timeout` seconds for room (None: no
+    /// limit); closing the sink closes the pipeline, waiting up to `close_timeout`
+    /// seconds for delivery. The sink keeps the pipeline alive.
+    #[pyo3(
+        signature = (*, publish_timeout=None, close_timeout=Some(crate::sinks::DEFAULT_CLOSE_TIMEOUT), on_ack=None, on_drop=None, guaranteed=false),
+        text_signature = "(self, *, publish_timeout=None, close_timeout=30.0, on_ack=None, on_drop=None, guaranteed=False)"
+    )]
+    fn as_sink(
+        &self,
+        py: Python<'_>,
+        publish_timeout: Option<f64>,
+        close_timeout: Option<f64>,
+        on_ack: Option<Py<PyAny>>,
+        on_drop: Option<Py<PyAny>>,
+        guaranteed: bool,
+    ) -> PyResult<Py<PyPipelineSink>> {
+        let publish_timeout = crate::sinks::seconds(py, "publish_timeout", publish_timeout)?;
+        let close_timeout = crate::sinks::seconds(py, "close_timeout", close_timeout)?.unwrap_or(Duration::MAX);
+        let bridge = &self.shared.bridge;
+        let options = ProducerOptions {
+            on_ack: callable(py, "on_ack", on_ack)?.map(|f| ack_callback(f, bridge.clone())),
+            on_drop: callable(py, "on_drop", on_drop)?.map(|f| drop_callback(f, bridge.clone())),
+            guaranteed,
+            drop_on_cancel: false,
+        };
+        let pipeline = self.shared.pipeline.clone();
+        let sink =
+            detached(py, move || conveyor::sink::PipelineSink::new(pipeline, options, publish_timeout, close_timeout))
+                .py(py)?;
+        let sink = SinkOfPipeline { sink, shared: self.shared.clone() };
+        crate::sinks::pipeline_sink(py, Arc::new(sink), self.shared.node.clone())
     }
 
     /// Adds a client for `host` built by `factory(host)`, which also rebuilds it
@@ -289,6 +375,8 @@ impl Drop for PyPipeline {
 /// `atexit`, so that conveyor's threads are gone before the interpreter finalizes.
 #[pyfunction]
 pub(crate) fn _close_all_at_exit(py: Python<'_>) {
+    // Queue sinks first: they may feed the pipelines, and their drop hooks need Python.
+    crate::sinks::close_queues_at_exit(py);
     let open: Vec<Arc<Shared>> = open_pipelines().drain(..).filter_map(|p| p.upgrade()).collect();
     for shared in open {
         let s = shared.clone();
@@ -300,7 +388,7 @@ pub(crate) fn _close_all_at_exit(py: Python<'_>) {
 }
 
 /// One event's payload: borrowed from `bytes`, copied from the mutable kinds.
-fn payload<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+pub(crate) fn payload<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(Cow::Borrowed(b.as_bytes()));
     }

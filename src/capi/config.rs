@@ -4,11 +4,14 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use super::boundary::{arg, copy_out, ffi_status, ffi_value, str_arg, Failure, FfiResult};
+use super::sink::{sink_client, Node};
 use super::types::{conveyor_client_factory, conveyor_client_vtable, conveyor_log_callback};
-use super::vtable::{free_userdata, read_vtable, ForeignFactory, LogCell};
+use super::vtable::{free_userdata, read_vtable, ForeignClient, ForeignFactory, Latch, LogCell};
 use super::{conveyor_result, CONVEYOR_ERR_BUFFER_TOO_SMALL};
+use crate::client::AnyClient;
 use crate::config::Config;
 use crate::log::LogFn;
+use crate::sink::Sink;
 
 /// The settings, clients, host lists and logger of a pipeline to build.
 ///
@@ -17,17 +20,38 @@ use crate::log::LogFn;
 /// thread at a time.
 pub struct conveyor_config {
     pub(crate) config: Config,
-    /// Client vtables whose userdata this config owns until a pipeline takes them.
-    pub(crate) clients: Vec<conveyor_client_vtable>,
+    /// The clients, in the order added.
+    pub(crate) clients: Vec<ConfigClient>,
     pub(crate) hosts: Vec<(Vec<String>, Arc<ForeignFactory>)>,
     pub(crate) log: LogCell,
     pub(crate) log_fn: Option<LogFn>,
 }
 
+/// A client added to a config.
+pub(crate) enum ConfigClient {
+    /// A C vtable whose userdata the config owns until a pipeline takes it.
+    Foreign(conveyor_client_vtable),
+    /// A sink serving as a client (conveyor_config_add_sink), with its write-graph node.
+    Sink(Arc<dyn Sink>, Arc<Node>),
+}
+
+impl ConfigClient {
+    /// The core client for one build attempt; `latch` settles who frees a vtable's
+    /// userdata should the build fail.
+    pub(crate) fn build(&self, latch: &Latch, log: &LogCell) -> AnyClient {
+        match self {
+            ConfigClient::Foreign(vt) => ForeignClient::any(*vt, Some(latch.clone()), log.clone()),
+            ConfigClient::Sink(sink, _) => sink_client(sink),
+        }
+    }
+}
+
 impl Drop for conveyor_config {
     fn drop(&mut self) {
-        for vt in self.clients.drain(..) {
-            free_userdata(&vt);
+        for client in self.clients.drain(..) {
+            if let ConfigClient::Foreign(vt) = client {
+                free_userdata(&vt);
+            }
         }
     }
 }
@@ -134,7 +158,7 @@ pub unsafe extern "C" fn conveyor_config_add_client(
         let c = unsafe { config_mut(config) }?;
         // SAFETY: NULL or a vtable struct starting with `struct_size` (header contract).
         let vt = unsafe { read_vtable(vtable) }?;
-        c.clients.push(vt);
+        c.clients.push(ConfigClient::Foreign(vt));
         Ok(())
     })
 }

@@ -8,7 +8,8 @@
 //! Files: `boundary` (status codes, last error, the panic boundary, version), `types`
 //! (the `#[repr(C)]` structs and callback types), `vtable` (vtable and factory
 //! adapters, async completions, the logger bridge), then one file per handle: `config`,
-//! `pipeline`, `producer`. The header lists functions in file order.
+//! `pipeline`, `producer`, `sink` (sinks and their combinators, pipelines as sinks and
+//! sinks as clients). The header lists functions in file order.
 
 #![allow(non_camel_case_types)]
 // The exports are for C: each one's safety contract (which pointers must be valid, for
@@ -19,6 +20,7 @@ mod boundary;
 mod config;
 mod pipeline;
 mod producer;
+mod sink;
 mod types;
 mod vtable;
 
@@ -26,6 +28,7 @@ pub use boundary::*;
 pub use config::*;
 pub use pipeline::*;
 pub use producer::*;
+pub use sink::*;
 pub use types::*;
 pub use vtable::conveyor_completion_done;
 
@@ -40,6 +43,7 @@ mod tests {
             ("config.rs", include_str!("config.rs")),
             ("pipeline.rs", include_str!("pipeline.rs")),
             ("producer.rs", include_str!("producer.rs")),
+            ("sink.rs", include_str!("sink.rs")),
             ("vtable.rs", include_str!("vtable.rs")),
         ];
         for (name, text) in files {

@@ -1,10 +1,12 @@
 //! `conveyor_pipeline`: build, flush, close, stats, clients at runtime, free.
 
 use std::ffi::{c_char, c_void};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::boundary::{arg, copy_out, ffi_status, ffi_value, str_arg, timeout_arg, Failure, FfiResult};
-use super::config::conveyor_config;
+use super::config::{conveyor_config, ConfigClient};
+use super::sink::Node;
 use super::types::{conveyor_client_factory, conveyor_client_vtable, conveyor_close_report};
 use super::vtable::{read_vtable, ForeignClient, ForeignFactory, Latch, LogCell};
 use super::{conveyor_result, CONVEYOR_ERR_BUFFER_TOO_SMALL};
@@ -16,8 +18,11 @@ use crate::pipeline::{CloseReport, Pipeline};
 /// Thread-safe: every function taking a pipeline may be called from any thread
 /// concurrently, except conveyor_pipeline_free(), which must be the last call.
 pub struct conveyor_pipeline {
-    pub(crate) inner: Pipeline,
+    /// Shared with the sinks made by conveyor_pipeline_as_sink().
+    pub(crate) inner: Arc<Pipeline>,
     log: LogCell,
+    /// The pipeline in the graph of who writes into whom (see `sink::Node`).
+    pub(crate) graph: Arc<Node>,
 }
 
 /// # Safety
@@ -57,8 +62,8 @@ pub unsafe extern "C" fn conveyor_pipeline_new(
         let out = unsafe { out_arg(out, "out") }?;
         let latches: Vec<Latch> = c.clients.iter().map(|_| Latch::new()).collect();
         let mut builder = Pipeline::builder(c.config.clone());
-        for (vt, latch) in c.clients.iter().zip(&latches) {
-            builder = builder.any_client(ForeignClient::any(*vt, Some(latch.clone()), c.log.clone()));
+        for (client, latch) in c.clients.iter().zip(&latches) {
+            builder = builder.any_client(client.build(latch, &c.log));
         }
         for (hosts, factory) in &c.hosts {
             builder = builder.hosts(hosts, factory.clone());
@@ -67,15 +72,22 @@ pub unsafe extern "C" fn conveyor_pipeline_new(
             builder = builder.logger(f.clone());
         }
         let inner = builder.build()?;
-        for (vt, latch) in c.clients.iter().zip(&latches) {
-            latch.commit(vt);
+        for (client, latch) in c.clients.iter().zip(&latches) {
+            if let ConfigClient::Foreign(vt) = client {
+                latch.commit(vt);
+            }
         }
+        let sinks = c.clients.iter().filter_map(|client| match client {
+            ConfigClient::Sink(_, node) => Some(node.clone()),
+            ConfigClient::Foreign(_) => None,
+        });
+        let graph = Node::new(sinks.collect());
         c.clients.clear();
         let log = c.log.clone();
         // SAFETY: the config came from conveyor_config_new and the caller gave it up on
         // success (header contract); `c` is not used after this.
         drop(unsafe { Box::from_raw(config) });
-        *out = Box::into_raw(Box::new(conveyor_pipeline { inner, log }));
+        *out = Box::into_raw(Box::new(conveyor_pipeline { inner: Arc::new(inner), log, graph }));
         Ok(())
     })
 }

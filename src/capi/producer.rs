@@ -21,8 +21,8 @@ pub struct conveyor_producer {
 }
 
 /// The C callbacks of a producer; frees the userdata when the last holder drops it,
-/// once conveyor owns it (`owned`: conveyor_producer_new succeeded).
-struct ProducerCallbacks {
+/// once conveyor owns it (`owned`: the producer was created).
+pub(crate) struct ProducerCallbacks {
     config: conveyor_producer_config,
     owned: AtomicBool,
 }
@@ -34,6 +34,11 @@ unsafe impl Send for ProducerCallbacks {}
 unsafe impl Sync for ProducerCallbacks {}
 
 impl ProducerCallbacks {
+    /// The producer exists: conveyor owns the userdata from now on.
+    pub(crate) fn commit(&self) {
+        self.owned.store(true, Ordering::Release);
+    }
+
     fn ack(&self, count: u64) {
         if let Some(on_ack) = self.config.on_ack {
             // SAFETY: the callback and its userdata stay valid while `self` lives; it
@@ -110,32 +115,46 @@ pub unsafe extern "C" fn conveyor_producer_new(
             return Err(Failure::null("out"));
         }
         // SAFETY: NULL or a struct starting with `struct_size` (header contract).
-        let config = unsafe { read_config(config) }?;
-        let mut options = ProducerOptions::default();
-        let callbacks = match config {
-            None => Arc::new(ProducerCallbacks { config: no_callbacks(), owned: AtomicBool::new(false) }),
-            Some(c) => {
-                options.guaranteed = flag(c.guaranteed, "guaranteed")?;
-                options.drop_on_cancel = flag(c.drop_on_cancel, "drop_on_cancel")?;
-                let callbacks = Arc::new(ProducerCallbacks { config: c, owned: AtomicBool::new(false) });
-                if c.on_ack.is_some() {
-                    let cb = callbacks.clone();
-                    options.on_ack = Some(Box::new(move |count| cb.ack(count)));
-                }
-                if c.on_drop.is_some() {
-                    let cb = callbacks.clone();
-                    options.on_drop = Some(Box::new(move |events: &[&[u8]]| cb.dropped(events)));
-                }
-                callbacks
-            }
-        };
+        let (options, callbacks) = unsafe { producer_options(config) }?;
         // On failure `owned` stays false, so the userdata stays with the caller.
         let inner = p.inner.producer(options)?;
-        callbacks.owned.store(true, Ordering::Release);
+        callbacks.commit();
         // SAFETY: `out` is non-NULL and writable (header contract).
         unsafe { *out = Box::into_raw(Box::new(conveyor_producer { inner, _callbacks: callbacks })) };
         Ok(())
     })
+}
+
+/// The core options for a C producer config (NULL: no callbacks, not guaranteed, not
+/// dropping on cancel), and the callbacks they call. Call `commit` on the callbacks
+/// once the producer exists: until then the userdata stays the caller's.
+///
+/// # Safety
+/// `config` is NULL or a readable struct starting with `struct_size`.
+pub(crate) unsafe fn producer_options(
+    config: *const conveyor_producer_config,
+) -> FfiResult<(ProducerOptions, Arc<ProducerCallbacks>)> {
+    // SAFETY: forwarded from this function's contract.
+    let config = unsafe { read_config(config) }?;
+    let mut options = ProducerOptions::default();
+    let callbacks = match config {
+        None => Arc::new(ProducerCallbacks { config: no_callbacks(), owned: AtomicBool::new(false) }),
+        Some(c) => {
+            options.guaranteed = flag(c.guaranteed, "guaranteed")?;
+            options.drop_on_cancel = flag(c.drop_on_cancel, "drop_on_cancel")?;
+            let callbacks = Arc::new(ProducerCallbacks { config: c, owned: AtomicBool::new(false) });
+            if c.on_ack.is_some() {
+                let cb = callbacks.clone();
+                options.on_ack = Some(Box::new(move |count| cb.ack(count)));
+            }
+            if c.on_drop.is_some() {
+                let cb = callbacks.clone();
+                options.on_drop = Some(Box::new(move |events: &[&[u8]]| cb.dropped(events)));
+            }
+            callbacks
+        }
+    };
+    Ok((options, callbacks))
 }
 
 fn no_callbacks() -> conveyor_producer_config {

@@ -190,3 +190,120 @@ pub struct conveyor_close_report {
 pub struct conveyor_completion {
     _private: [u8; 0],
 }
+
+/// Queue sink overflow policy: a writer finding the buffer full waits for room.
+pub const CONVEYOR_OVERFLOW_BLOCK: u32 = 0;
+/// Queue sink overflow policy: the new event is dropped (reported to the drop hook)
+/// and conveyor_sink_write() returns CONVEYOR_ERR_FULL.
+pub const CONVEYOR_OVERFLOW_DROP_NEWEST: u32 = 1;
+/// Queue sink overflow policy: the oldest buffered event is dropped (reported to the
+/// drop hook) to make room; the write succeeds.
+pub const CONVEYOR_OVERFLOW_DROP_OLDEST: u32 = 2;
+
+/// How long conveyor_sink_close() lets a queue sink or a pipeline sink deliver what it
+/// holds when no other close timeout was given, in milliseconds.
+pub const CONVEYOR_SINK_CLOSE_TIMEOUT_MS: u64 = 30_000;
+
+/// A sink written in C: takes events one at a time. Wrap it with conveyor_sink_new().
+///
+/// Threads: `write` may be called from several threads at once (your threads calling
+/// conveyor_sink_write() on it or on a combinator over it, a queue sink's delivery
+/// thread, pipeline workers when it serves as a client), and concurrently with
+/// `close`: make both thread-safe. Callbacks must not unwind out of their frame.
+///
+/// Ownership: once conveyor_sink_new() succeeded, conveyor calls `free_userdata`
+/// exactly once, after the last callback returned, when the last reference to the
+/// sink is released (its handle and every combinator or pipeline holding it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct conveyor_sink_vtable {
+    /// Must be `sizeof(conveyor_sink_vtable)`.
+    pub struct_size: u32,
+    /// Passed to every callback; owned by conveyor once the sink is created.
+    pub userdata: *mut c_void,
+    /// Required. Takes one event: the `len` bytes at `data`, valid only during the
+    /// call (`data` may be any non-NULL value when `len` is 0). Return 0 when the
+    /// event was taken; CONVEYOR_ERR_CLOSED when this sink is closed for good (a
+    /// broadcaster then removes it, a retrying sink stops retrying, a pipeline
+    /// counts a broken connection); any other value is a failed write, which
+    /// conveyor_sink_write() reports as CONVEYOR_ERR_CLIENT.
+    pub write: Option<unsafe extern "C" fn(userdata: *mut c_void, data: *const u8, len: usize) -> u32>,
+    /// Optional. Called once, by the first conveyor_sink_close() (directly or from a
+    /// combinator closing its destination); writes after it fail with
+    /// CONVEYOR_ERR_CLOSED without reaching `write`.
+    pub close: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+    /// Optional destructor of `userdata`.
+    pub free_userdata: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+}
+
+/// Decides which events a filter sink forwards: return 0 to discard the event (the
+/// write still succeeds), any other value to forward it. The `len` bytes at `data`
+/// are valid only during the call. Runs on the writer's thread, possibly from
+/// several threads at once.
+pub type conveyor_sink_matcher =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, data: *const u8, len: usize) -> u32>;
+
+/// Options of conveyor_queue_sink_new_with_options().
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct conveyor_queue_sink_options {
+    /// Must be `sizeof(conveyor_queue_sink_options)`.
+    pub struct_size: u32,
+    /// How long conveyor_sink_close() lets the queue deliver what it buffers before
+    /// dropping the rest (UINT64_MAX: no limit).
+    pub close_timeout_ms: u64,
+    /// Passed to the callbacks; owned by conveyor once the queue sink is created.
+    pub userdata: *mut c_void,
+    /// Optional dead-letter hook: these events were dropped (overflow, a failed
+    /// delivery, the close deadline). The views are valid only during the call. Runs
+    /// on the queue's delivery thread, on a writer's thread (overflow) or on the thread
+    /// closing the queue, possibly concurrently: make it thread-safe.
+    pub on_drop: Option<unsafe extern "C" fn(userdata: *mut c_void, events: *const conveyor_bytes, n: usize)>,
+    /// Optional destructor of `userdata`, called exactly once, after the last
+    /// `on_drop` returned: when the queue sink and its delivery thread are both gone
+    /// (possibly on that thread).
+    pub free_userdata: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+}
+
+/// What conveyor_queue_sink_close() did (counts over the queue sink's life).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct conveyor_queue_sink_report {
+    /// Events delivered to the destination.
+    pub delivered: u64,
+    /// Events dropped (overflow, failed deliveries, the close deadline), each one
+    /// reported to the drop hook.
+    pub dropped: u64,
+    /// 1 when the buffer drained before the deadline, else 0.
+    pub drained: u32,
+}
+
+/// A retry strategy written in C, for a retrying sink (see
+/// conveyor_retry_strategy_new()).
+///
+/// Threads: the retrying sink serializes its writes, so the callbacks are never called
+/// concurrently; they run on the threads writing to the retrying sink. They must not
+/// unwind out of their frame.
+///
+/// Ownership: once conveyor_retry_strategy_new() succeeded, `free_userdata` is called
+/// exactly once, by conveyor_retry_strategy_free() or when the retrying sink that took
+/// the strategy is gone.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct conveyor_retry_strategy_vtable {
+    /// Must be `sizeof(conveyor_retry_strategy_vtable)`.
+    pub struct_size: u32,
+    /// Passed to every callback; owned by conveyor once the strategy is created.
+    pub userdata: *mut c_void,
+    /// Optional (NULL: never wait). Milliseconds to wait before the next attempt, 0
+    /// for now, UINT64_MAX until the retrying sink is closed. Consulted before every
+    /// attempt, including an event's first.
+    pub proceed: Option<unsafe extern "C" fn(userdata: *mut c_void) -> u64>,
+    /// Required. An attempt failed: return 0 to try again, any other value to give
+    /// up on the event (the write then fails with CONVEYOR_ERR_CLIENT).
+    pub failure: Option<unsafe extern "C" fn(userdata: *mut c_void) -> u32>,
+    /// Optional. An attempt succeeded.
+    pub success: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+    /// Optional destructor of `userdata`.
+    pub free_userdata: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+}

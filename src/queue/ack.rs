@@ -8,11 +8,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread::{self, ThreadId};
 use std::time::Instant;
-
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::event::{Events, EventsData, Selection};
@@ -98,14 +96,20 @@ struct Entry {
     data: Arc<EventsData>,
     outcomes: Vec<Outcome>,
     pending: usize,
-    bytes: usize,
+    /// Some event was settled as dropped (otherwise every settled one is acked).
+    any_dropped: bool,
 }
+
+/// Outcome vectors kept for reuse: enough for the batches a queue has open at once.
+const SPARE_OUTCOMES: usize = 16;
 
 #[derive(Default)]
 struct Order {
     /// Id of `entries[0]`.
     base: u64,
     entries: VecDeque<Entry>,
+    /// Outcome vectors of released entries, reused by `open`: no allocation per batch.
+    spare: Vec<Vec<Outcome>>,
 }
 
 enum Report {
@@ -114,11 +118,75 @@ enum Report {
     DroppedOwned(Vec<Vec<u8>>),
 }
 
-/// One release: what each producer learns, in order.
-struct Round {
+/// Reports released and not yet delivered, merged as they arrive so that a producer
+/// whose ACKs came in several releases while the dispatcher was busy gets one callback.
+#[derive(Default)]
+struct Pending {
+    /// What each producer learns, in order.
     items: Vec<(u32, Report)>,
+    /// Index in `items` of each producer's last report.
+    last_of: HashMap<u32, usize>,
     acked: u64,
     dropped: u64,
+    /// No more reports are accepted; the dispatcher stops once it delivered the rest.
+    closed: bool,
+    /// The dispatcher waits for reports and nobody has woken it yet.
+    parked: bool,
+}
+
+impl Pending {
+    fn acked(&mut self, producer: u32, n: u64) {
+        self.acked += n;
+        if let Some(Report::Acked(count)) = self.last_of.get(&producer).map(|&k| &mut self.items[k].1) {
+            *count += n;
+            return;
+        }
+        self.last_of.insert(producer, self.items.len());
+        self.items.push((producer, Report::Acked(n)));
+    }
+
+    fn dropped(&mut self, producer: u32, n: u64, report: Report) {
+        self.dropped += n;
+        self.last_of.insert(producer, self.items.len());
+        self.items.push((producer, report));
+    }
+}
+
+/// The dispatcher's inbox: it parks on `ready` without spinning, and is woken only
+/// when reports arrive while it is parked.
+#[derive(Default)]
+struct Mailbox {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    /// Adds reports and wakes the dispatcher if it is parked. Once closed, `add` still
+    /// runs but what it adds is discarded: the dispatcher reports nothing new.
+    fn post(&self, add: impl FnOnce(&mut Pending)) {
+        let mut pending = lock(&self.pending);
+        if pending.closed {
+            add(&mut Pending::default());
+            return;
+        }
+        add(&mut pending);
+        if pending.parked && !pending.items.is_empty() {
+            pending.parked = false;
+            self.ready.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.pending).closed = true;
+        self.ready.notify_one();
+    }
+}
+
+/// Events whose outcome has been reported, and whether anyone waits for that count.
+#[derive(Default)]
+struct Reported {
+    events: u64,
+    waiters: usize,
 }
 
 /// Returns capacity to the queue: (events, bytes).
@@ -128,13 +196,13 @@ pub(crate) type Release = Box<dyn Fn(usize, usize) + Send + Sync>;
 pub(crate) struct AckTracker {
     order: Mutex<Order>,
     producers: RwLock<Vec<Option<Arc<ProducerState>>>>,
-    tx: Mutex<Option<Sender<Round>>>,
+    mailbox: Arc<Mailbox>,
     release: Release,
     accepted: AtomicU64,
     acked: AtomicU64,
     dropped: AtomicU64,
     /// Events whose outcome has been reported (callbacks returned).
-    reported: Mutex<u64>,
+    reported: Mutex<Reported>,
     reported_cv: Condvar,
     dispatcher: Mutex<Option<thread::JoinHandle<()>>>,
     dispatcher_id: Mutex<Option<ThreadId>>,
@@ -143,16 +211,16 @@ pub(crate) struct AckTracker {
 
 impl AckTracker {
     pub(crate) fn new(release: Release, listener: Option<AckListener>, logger: Logger) -> Arc<AckTracker> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let mailbox = Arc::new(Mailbox::default());
         let tracker = Arc::new(AckTracker {
             order: Mutex::new(Order::default()),
             producers: RwLock::new(Vec::new()),
-            tx: Mutex::new(Some(tx)),
+            mailbox: mailbox.clone(),
             release,
             accepted: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            reported: Mutex::new(0),
+            reported: Mutex::new(Reported::default()),
             reported_cv: Condvar::new(),
             dispatcher: Mutex::new(None),
             dispatcher_id: Mutex::new(None),
@@ -161,7 +229,7 @@ impl AckTracker {
         let weak = Arc::downgrade(&tracker);
         let handle = thread::Builder::new()
             .name("conveyor-ack".into())
-            .spawn(move || dispatch(weak, rx, listener))
+            .spawn(move || dispatch(weak, &mailbox, listener))
             .expect("spawn conveyor-ack thread");
         *lock(&tracker.dispatcher_id) = Some(handle.thread().id());
         *lock(&tracker.dispatcher) = Some(handle);
@@ -221,11 +289,13 @@ impl AckTracker {
 
     /// Records a batch taken by a consumer and returns its id. Must be called in take
     /// order (the queue holds its lock while calling).
-    pub(crate) fn open(&self, data: Arc<EventsData>, bytes: usize) -> u64 {
+    pub(crate) fn open(&self, data: Arc<EventsData>) -> u64 {
         let n = data.refs.len();
         let mut order = lock(&self.order);
+        let mut outcomes = order.spare.pop().unwrap_or_default();
+        outcomes.resize(n, Outcome::Pending);
         let id = order.base + order.entries.len() as u64;
-        order.entries.push_back(Entry { data, outcomes: vec![Outcome::Pending; n], pending: n, bytes });
+        order.entries.push_back(Entry { data, outcomes, pending: n, any_dropped: false });
         id
     }
 
@@ -241,13 +311,25 @@ impl AckTracker {
         if !events.same_batch(&entry.data) {
             return Err(Error::InvalidArgument("events do not belong to this batch".into()));
         }
-        let mut clash = false;
-        events.sel.for_each(|i| clash |= entry.outcomes[i] != Outcome::Pending);
-        if clash {
-            return Err(Error::AlreadySettled);
+        match &events.sel {
+            Selection::Range(r) => {
+                let outcomes = &mut entry.outcomes[r.start as usize..r.end as usize];
+                if outcomes.iter().any(|&o| o != Outcome::Pending) {
+                    return Err(Error::AlreadySettled);
+                }
+                outcomes.fill(outcome);
+            }
+            Selection::List(_) => {
+                let mut clash = false;
+                events.sel.for_each(|i| clash |= entry.outcomes[i] != Outcome::Pending);
+                if clash {
+                    return Err(Error::AlreadySettled);
+                }
+                events.sel.for_each(|i| entry.outcomes[i] = outcome);
+            }
         }
-        events.sel.for_each(|i| entry.outcomes[i] = outcome);
         entry.pending -= events.len();
+        entry.any_dropped |= !acked && !events.is_empty();
         if pos == 0 && entry.pending == 0 {
             self.release_head(order);
         }
@@ -270,33 +352,37 @@ impl AckTracker {
             *o = Outcome::Dropped;
         }
         entry.pending = 0;
+        entry.any_dropped = true;
         if pos == 0 {
             self.release_head(order);
         }
         n
     }
 
-    /// Pops every settled batch at the head, turns it into one report round, and
-    /// returns the capacity they held.
-    fn release_head(&self, mut order: std::sync::MutexGuard<'_, Order>) {
-        let mut round = Round { items: Vec::new(), acked: 0, dropped: 0 };
-        let mut last_of: HashMap<u32, usize> = HashMap::new();
+    /// Pops every settled batch at the head, posts their reports to the dispatcher,
+    /// and returns the capacity they held.
+    fn release_head(&self, mut guard: MutexGuard<'_, Order>) {
         let (mut events, mut bytes) = (0usize, 0usize);
-        while order.entries.front().is_some_and(|e| e.pending == 0) {
-            let entry = order.entries.pop_front().expect("front exists");
-            order.base += 1;
-            events += entry.outcomes.len();
-            bytes += entry.bytes;
-            collect_reports(&entry, &mut round, &mut last_of);
+        let order = &mut *guard;
+        // Posted under the order lock, so reports reach the dispatcher in release order.
+        self.mailbox.post(|pending| {
+            while order.entries.front().is_some_and(|e| e.pending == 0) {
+                let mut entry = order.entries.pop_front().expect("front exists");
+                order.base += 1;
+                events += entry.outcomes.len();
+                bytes += entry.data.bytes;
+                collect_reports(&entry, pending);
+                if order.spare.len() < SPARE_OUTCOMES {
+                    entry.outcomes.clear();
+                    order.spare.push(std::mem::take(&mut entry.outcomes));
+                }
+            }
+        });
+        // The queue takes its own lock, then this one: never the other way round.
+        drop(guard);
+        if events > 0 {
+            (self.release)(events, bytes);
         }
-        if round.items.is_empty() {
-            return;
-        }
-        if let Some(tx) = lock(&self.tx).as_ref() {
-            let _ = tx.send(round);
-        }
-        drop(order);
-        (self.release)(events, bytes);
     }
 
     /// Reports events removed from the queue before any consumer took them.
@@ -305,10 +391,7 @@ impl AckTracker {
         if n == 0 {
             return;
         }
-        let round = Round { items: vec![(producer, Report::DroppedOwned(payloads))], acked: 0, dropped: n };
-        if let Some(tx) = lock(&self.tx).as_ref() {
-            let _ = tx.send(round);
-        }
+        self.mailbox.post(|pending| pending.dropped(producer, n, Report::DroppedOwned(payloads)));
     }
 
     /// Totals over every producer.
@@ -332,19 +415,22 @@ impl AckTracker {
         }
         let mut reported = lock(&self.reported);
         loop {
-            if *reported >= self.accepted.load(Ordering::Acquire) {
+            if reported.events >= self.accepted.load(Ordering::Acquire) {
                 return Ok(());
             }
+            reported.waiters += 1;
             reported = match deadline {
                 None => self.reported_cv.wait(reported).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        reported.waiters -= 1;
                         return Err(Error::Timeout);
                     }
                     self.reported_cv.wait_timeout(reported, d - now).unwrap_or_else(|e| e.into_inner()).0
                 }
             };
+            reported.waiters -= 1;
         }
     }
 
@@ -355,7 +441,7 @@ impl AckTracker {
 
     /// Stops the dispatcher after it has reported everything already released.
     pub(crate) fn shutdown(&self) {
-        lock(&self.tx).take();
+        self.mailbox.close();
         if self.on_dispatcher() {
             return;
         }
@@ -372,15 +458,19 @@ impl AckTracker {
 
 impl Drop for AckTracker {
     fn drop(&mut self) {
-        lock(&self.tx).take();
+        self.mailbox.close();
     }
 }
 
-/// Appends the reports of one released batch to `round`, coalescing each producer's
-/// consecutive ACKs into one count.
-fn collect_reports(entry: &Entry, round: &mut Round, last_of: &mut HashMap<u32, usize>) {
-    let mut run_start = 0;
+/// Adds the reports of one released batch, coalescing each producer's consecutive
+/// ACKs into one count.
+fn collect_reports(entry: &Entry, pending: &mut Pending) {
     let n = entry.outcomes.len();
+    if let (false, Some(producer)) = (entry.any_dropped, entry.data.sole_producer) {
+        pending.acked(producer, n as u64);
+        return;
+    }
+    let mut run_start = 0;
     for i in 1..=n {
         let ends = i == n
             || entry.outcomes[i] != entry.outcomes[run_start]
@@ -391,100 +481,77 @@ fn collect_reports(entry: &Entry, round: &mut Round, last_of: &mut HashMap<u32, 
         let producer = entry.data.refs[run_start].producer;
         let count = (i - run_start) as u64;
         if entry.outcomes[run_start] == Outcome::Acked {
-            round.acked += count;
-            match last_of.get(&producer).map(|&k| &mut round.items[k].1) {
-                Some(Report::Acked(c)) => *c += count,
-                _ => {
-                    last_of.insert(producer, round.items.len());
-                    round.items.push((producer, Report::Acked(count)));
-                }
-            }
+            pending.acked(producer, count);
         } else {
-            round.dropped += count;
             let sel = Selection::Range(run_start as u32..i as u32);
-            last_of.insert(producer, round.items.len());
-            round.items.push((producer, Report::Dropped(Events::new(entry.data.clone(), sel))));
+            pending.dropped(producer, count, Report::Dropped(Events::new(entry.data.clone(), sel)));
         }
         run_start = i;
     }
 }
 
-fn dispatch(tracker: std::sync::Weak<AckTracker>, rx: Receiver<Round>, listener: Option<AckListener>) {
-    while let Ok(first) = rx.recv() {
+/// The dispatcher thread: delivers the posted reports, in order, until the mailbox
+/// is closed and empty or the tracker is gone.
+fn dispatch(tracker: Weak<AckTracker>, mailbox: &Mailbox, listener: Option<AckListener>) {
+    let mut items = Vec::new();
+    let mut keys = Vec::new();
+    loop {
+        let (acked, dropped) = {
+            let mut pending = lock(&mailbox.pending);
+            while pending.items.is_empty() && !pending.closed {
+                pending.parked = true;
+                pending = mailbox.ready.wait(pending).unwrap_or_else(|e| e.into_inner());
+            }
+            pending.parked = false;
+            if pending.items.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut pending.items, &mut items);
+            pending.last_of.clear();
+            (std::mem::take(&mut pending.acked), std::mem::take(&mut pending.dropped))
+        };
         let Some(t) = tracker.upgrade() else { return };
-        let mut rounds = vec![first];
-        rounds.extend(rx.try_iter());
-        let merged = merge_rounds(rounds);
         let mut reported_now = 0u64;
-        for (key, report) in merged.items {
-            let producer = t.producer(key);
+        for (key, report) in items.drain(..) {
             let n = match &report {
                 Report::Acked(n) => *n,
                 Report::Dropped(ev) => ev.len() as u64,
                 Report::DroppedOwned(v) => v.len() as u64,
             };
-            if let Some(p) = &producer {
-                deliver(&t.logger, p, &report);
+            if let Some(p) = t.producer(key) {
+                deliver(&t.logger, &p, &report);
                 match report {
                     Report::Acked(_) => p.acked.fetch_add(n, Ordering::AcqRel),
                     _ => p.dropped.fetch_add(n, Ordering::AcqRel),
                 };
             }
             reported_now += n;
+            keys.push(key);
         }
-        if merged.acked > 0 {
+        if acked > 0 {
             if let Some(l) = &listener {
-                if catch_unwind(AssertUnwindSafe(|| l(merged.acked))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| l(acked))).is_err() {
                     t.logger.log(Level::Error, "the pipeline ACK listener panicked");
                 }
             }
         }
-        t.acked.fetch_add(merged.acked, Ordering::AcqRel);
-        t.dropped.fetch_add(merged.dropped, Ordering::AcqRel);
+        t.acked.fetch_add(acked, Ordering::AcqRel);
+        t.dropped.fetch_add(dropped, Ordering::AcqRel);
         {
             let mut reported = lock(&t.reported);
-            *reported += reported_now;
+            reported.events += reported_now;
+            if reported.waiters > 0 {
+                t.reported_cv.notify_all();
+            }
         }
-        t.reported_cv.notify_all();
-        let keys: Vec<u32> = merged.keys;
-        for key in keys {
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys.drain(..) {
             if let Some(p) = t.producer(key) {
                 t.reap(key, &p);
             }
         }
     }
-}
-
-struct Merged {
-    items: Vec<(u32, Report)>,
-    keys: Vec<u32>,
-    acked: u64,
-    dropped: u64,
-}
-
-/// Joins several rounds into one, so that a producer whose ACKs arrived in several
-/// releases while the dispatcher was busy still gets one callback.
-fn merge_rounds(rounds: Vec<Round>) -> Merged {
-    let mut out = Merged { items: Vec::new(), keys: Vec::new(), acked: 0, dropped: 0 };
-    let mut last_of: HashMap<u32, usize> = HashMap::new();
-    for round in rounds {
-        out.acked += round.acked;
-        out.dropped += round.dropped;
-        for (key, report) in round.items {
-            if let Report::Acked(n) = report {
-                if let Some(Report::Acked(c)) = last_of.get(&key).map(|&k| &mut out.items[k].1) {
-                    *c += n;
-                    continue;
-                }
-            }
-            if !last_of.contains_key(&key) {
-                out.keys.push(key);
-            }
-            last_of.insert(key, out.items.len());
-            out.items.push((key, report));
-        }
-    }
-    out
 }
 
 fn deliver(logger: &Logger, p: &ProducerState, report: &Report) {

@@ -17,24 +17,20 @@ use crate::error::{Error, Result};
 use crate::event::{EventRef, Events, EventsData, Segment, SegmentPool, Selection};
 use crate::queue::ack::ProducerState;
 
-/// An event waiting in the queue.
-#[derive(Clone, Copy)]
-struct Slot {
-    seg: u64,
-    off: u32,
-    len: u32,
-    producer: u32,
-}
-
 struct State {
     input_closed: bool,
     closed: bool,
-    waiting: VecDeque<Slot>,
+    /// Events not taken yet, in order. Their `seg` is the segment's id (wrapping),
+    /// so that a batch's event list is a plain copy of a run of this queue.
+    waiting: VecDeque<EventRef>,
     /// The segment being written; owned by the queue alone.
     open: Vec<u8>,
-    open_id: u64,
-    /// Frozen segments that still hold waiting events, by consecutive id.
-    frozen: VecDeque<(u64, Arc<Segment>)>,
+    open_id: u32,
+    /// Frozen segments that still hold waiting events: ids `frozen_base..open_id`.
+    frozen: VecDeque<Arc<Segment>>,
+    frozen_base: u32,
+    /// Scratch space of `push`, kept for its capacity.
+    staged: Vec<EventRef>,
     /// Accepted and not yet settled.
     events: usize,
     bytes: usize,
@@ -79,6 +75,8 @@ impl MemQueue {
                     open: pool.take(0),
                     open_id: 0,
                     frozen: VecDeque::new(),
+                    frozen_base: 0,
+                    staged: Vec::new(),
                     events: 0,
                     bytes: 0,
                     blocked_producers: 0,
@@ -128,20 +126,74 @@ impl MemQueue {
             return;
         }
         let data = std::mem::replace(&mut st.open, self.pool.take(min_next));
-        st.frozen.push_back((st.open_id, Arc::new(Segment::new(data, self.pool.clone()))));
-        st.open_id += 1;
+        st.frozen.push_back(Arc::new(Segment::new(data, self.pool.clone())));
+        st.open_id = st.open_id.wrapping_add(1);
     }
 
-    /// Stores one event. The caller checked room and state.
-    fn push(&self, st: &mut State, producer: u32, event: &[u8]) {
+    /// Stores one event (the caller checked room and state) and counts it.
+    fn push_one(&self, st: &mut State, producer: u32, event: &[u8]) {
         if st.open.capacity() - st.open.len() < event.len() {
             self.freeze(st, event.len());
         }
         let off = st.open.len() as u32;
         st.open.extend_from_slice(event);
-        st.waiting.push_back(Slot { seg: st.open_id, off, len: event.len() as u32, producer });
+        st.waiting.push_back(EventRef { seg: st.open_id, off, len: event.len() as u32, producer });
         st.events += 1;
         st.bytes += event.len();
+    }
+
+    /// Stores `events` (the caller checked room and state) and counts them: payloads
+    /// are copied run by run (the longest run that fits the open segment), their
+    /// references gathered in `st.staged` and appended to `waiting` in one copy.
+    fn push(&self, st: &mut State, producer: u32, events: &[&[u8]]) {
+        let mut staged = std::mem::take(&mut st.staged);
+        staged.reserve(events.len());
+        let mut bytes = 0;
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let room = st.open.capacity() - st.open.len();
+            let mut run_bytes = 0;
+            let fit = rest
+                .iter()
+                .position(|e| {
+                    run_bytes += e.len();
+                    run_bytes > room
+                })
+                .unwrap_or(rest.len());
+            if fit == 0 {
+                self.freeze(st, first.len());
+                continue;
+            }
+            let (seg, start) = (st.open_id, st.open.len());
+            for event in &rest[..fit] {
+                let off = st.open.len() as u32;
+                st.open.extend_from_slice(event);
+                staged.push(EventRef { seg, off, len: event.len() as u32, producer });
+            }
+            bytes += st.open.len() - start;
+            rest = &rest[fit..];
+        }
+        st.waiting.extend(staged.iter());
+        st.events += events.len();
+        st.bytes += bytes;
+        staged.clear();
+        st.staged = staged;
+    }
+
+    /// How many of `events`, from the first, fit in the queue now.
+    fn fitting(&self, st: &State, events: &[&[u8]]) -> usize {
+        let n = events.len().min(self.settings.events.saturating_sub(st.events));
+        if self.settings.bytes == 0 {
+            return n;
+        }
+        let mut bytes = st.bytes;
+        events[..n]
+            .iter()
+            .position(|e| {
+                bytes += e.len();
+                bytes > self.settings.bytes
+            })
+            .unwrap_or(n)
     }
 
     /// Wakes a blocked consumer when `waiting` went from `before` to `after` across
@@ -191,41 +243,42 @@ impl MemQueue {
         }
     }
 
-    /// Takes up to `max` waiting events as a batch. Called under the lock.
+    /// Takes up to `max` waiting events as a batch. Called under the lock, with
+    /// events waiting.
     fn take(&self, st: &mut State, max: usize) -> Batch {
         let n = max.min(st.waiting.len());
-        if st.waiting.get(n.wrapping_sub(1)).is_some_and(|s| s.seg == st.open_id) {
+        if st.waiting[n - 1].seg == st.open_id {
             self.freeze(st, 0);
         }
-        let mut segs: Vec<Arc<Segment>> = Vec::new();
         let mut refs = Vec::with_capacity(n);
-        let mut current = u64::MAX;
-        let mut bytes = 0usize;
-        let first_frozen = st.frozen.front().map_or(0, |f| f.0);
-        for slot in st.waiting.drain(..n) {
-            if slot.seg != current {
-                current = slot.seg;
-                segs.push(st.frozen[(slot.seg - first_frozen) as usize].1.clone());
-            }
-            bytes += slot.len as usize;
-            refs.push(EventRef { seg: (segs.len() - 1) as u32, off: slot.off, len: slot.len, producer: slot.producer });
+        let (front, back) = st.waiting.as_slices();
+        if n <= front.len() {
+            refs.extend_from_slice(&front[..n]);
+        } else {
+            refs.extend_from_slice(front);
+            refs.extend_from_slice(&back[..n - front.len()]);
         }
-        let oldest_needed = st.waiting.front().map_or(st.open_id, |s| s.seg);
-        while st.frozen.front().is_some_and(|f| f.0 < oldest_needed) {
+        st.waiting.drain(..n);
+        let seg_base = refs[0].seg;
+        let first = seg_base.wrapping_sub(st.frozen_base) as usize;
+        let span = refs[n - 1].seg.wrapping_sub(seg_base) as usize + 1;
+        let segs: Vec<Arc<Segment>> = st.frozen.range(first..first + span).cloned().collect();
+        let oldest_needed = st.waiting.front().map_or(st.open_id, |e| e.seg);
+        for _ in 0..oldest_needed.wrapping_sub(st.frozen_base) {
             st.frozen.pop_front();
         }
-        let data = Arc::new(EventsData { segs, refs });
-        let id = self.tracker.open(data.clone(), bytes);
+        st.frozen_base = oldest_needed;
+        let data = Arc::new(EventsData::new(segs, seg_base, refs));
+        let id = self.tracker.open(data.clone());
         Batch::new(id, Events::new(data, Selection::Range(0..n as u32)), self.tracker.clone())
     }
 
-    fn copy_payload(st: &State, slot: &Slot) -> Vec<u8> {
-        let (start, end) = (slot.off as usize, slot.off as usize + slot.len as usize);
-        if slot.seg == st.open_id {
+    fn copy_payload(st: &State, event: &EventRef) -> Vec<u8> {
+        let (start, end) = (event.off as usize, event.off as usize + event.len as usize);
+        if event.seg == st.open_id {
             st.open[start..end].to_vec()
         } else {
-            let first = st.frozen.front().map_or(0, |f| f.0);
-            st.frozen[(slot.seg - first) as usize].1.bytes()[start..end].to_vec()
+            st.frozen[event.seg.wrapping_sub(st.frozen_base) as usize].bytes()[start..end].to_vec()
         }
     }
 }
@@ -248,7 +301,7 @@ impl Queue for MemQueue {
         let st = lock(&self.state);
         let mut st = self.wait_room(st, &producer.state, event.len(), timeout_deadline(timeout))?;
         let before = st.waiting.len();
-        self.push(&mut st, producer.key, event);
+        self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
         self.signal_consumers(&st, before);
         Ok(())
@@ -262,7 +315,7 @@ impl Queue for MemQueue {
             return Err(Error::Full);
         }
         let before = st.waiting.len();
-        self.push(&mut st, producer.key, event);
+        self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
         self.signal_consumers(&st, before);
         Ok(())
@@ -282,12 +335,10 @@ impl Queue for MemQueue {
                 Err(_) => return Ok(accepted),
             };
             let before = st.waiting.len();
-            let start = accepted;
-            while accepted < events.len() && self.has_room(&st, events[accepted].len()) {
-                self.push(&mut st, producer.key, events[accepted]);
-                accepted += 1;
-            }
-            self.tracker.accept(&producer.state, (accepted - start) as u64);
+            let run = &events[accepted..accepted + self.fitting(&st, &events[accepted..])];
+            self.push(&mut st, producer.key, run);
+            accepted += run.len();
+            self.tracker.accept(&producer.state, run.len() as u64);
             self.signal_consumers(&st, before);
         }
         Ok(accepted)
@@ -300,12 +351,12 @@ impl Queue for MemQueue {
         if producer.state.options.drop_on_cancel {
             let mut freed_bytes = 0;
             let mut kept = VecDeque::with_capacity(st.waiting.len());
-            for slot in std::mem::take(&mut st.waiting) {
-                if slot.producer == producer.key {
-                    removed.push(Self::copy_payload(&st, &slot));
-                    freed_bytes += slot.len as usize;
+            for event in std::mem::take(&mut st.waiting) {
+                if event.producer == producer.key {
+                    removed.push(Self::copy_payload(&st, &event));
+                    freed_bytes += event.len as usize;
                 } else {
-                    kept.push_back(slot);
+                    kept.push_back(event);
                 }
             }
             st.waiting = kept;
@@ -459,6 +510,30 @@ mod tests {
         batch.ack().unwrap();
         q.flush(Some(Duration::from_secs(10))).unwrap();
         assert_eq!(q.stats().bytes, 0);
+    }
+
+    #[test]
+    fn segment_ids_wrap_around() {
+        let q = MemQueue::new(QueueSettings { events: 64, ..QueueSettings::default() }, None).unwrap();
+        {
+            let mut st = lock(&q.state);
+            st.open_id = u32::MAX - 1;
+            st.frozen_base = u32::MAX - 1;
+        }
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; SEGMENT_BYTES / 2 + 1]).collect();
+        let views: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assert_eq!(p.publish_batch(&views[..4], None).unwrap(), 4);
+        let first = q.get(3).unwrap().expect("a batch");
+        assert_eq!(first.events().to_vec(), payloads[..3].to_vec());
+        assert_eq!(p.publish_batch(&views[4..], None).unwrap(), 2);
+        let rest = q.get(64).unwrap().expect("a second batch");
+        assert_eq!(rest.events().to_vec(), payloads[3..].to_vec());
+        assert!(lock(&q.state).open_id < 8, "the ids wrapped");
+        first.ack().unwrap();
+        rest.ack().unwrap();
+        q.flush(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(q.stats().events, 0);
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl ChannelSink {
             Counters::bump(&self.counters.forwarded, 1);
             return Ok(e);
         }
+        if self.closed.load(Ordering::Acquire) {
+            // Closed and drained: say so, rather than let `select!` pick between the
+            // closed signal and an expired deadline at random.
+            return Err(Error::Closed);
+        }
         let deadline = timeout.map(crossbeam_channel::after).unwrap_or_else(crossbeam_channel::never);
         crossbeam_channel::select! {
             recv(self.rx) -> e => {

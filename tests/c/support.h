@@ -19,10 +19,10 @@
 
 typedef atomic_uint_fast64_t counter;
 
-static uint64_t get(counter *c) { return (uint64_t)atomic_load(c); }
-static void add(counter *c, uint64_t n) { atomic_fetch_add(c, n); }
+static inline uint64_t get(counter *c) { return (uint64_t)atomic_load(c); }
+static inline void add(counter *c, uint64_t n) { atomic_fetch_add(c, n); }
 
-static struct timespec deadline_in(long ms) {
+static inline struct timespec deadline_in(long ms) {
   struct timespec t;
   clock_gettime(CLOCK_REALTIME, &t);
   t.tv_sec += ms / 1000;
@@ -45,19 +45,19 @@ typedef struct gate {
   int entered;
 } gate;
 
-static void gate_init(gate *g) {
+static inline void gate_init(gate *g) {
   pthread_mutex_init(&g->mu, NULL);
   pthread_cond_init(&g->cv, NULL);
   g->open = 0;
   g->entered = 0;
 }
 
-static void gate_destroy(gate *g) {
+static inline void gate_destroy(gate *g) {
   pthread_cond_destroy(&g->cv);
   pthread_mutex_destroy(&g->mu);
 }
 
-static void gate_open(gate *g) {
+static inline void gate_open(gate *g) {
   pthread_mutex_lock(&g->mu);
   g->open = 1;
   pthread_cond_broadcast(&g->cv);
@@ -65,7 +65,7 @@ static void gate_open(gate *g) {
 }
 
 /* Called by a client: waits until the gate opens. Returns 0 if it never did. */
-static int gate_pass(gate *g) {
+static inline int gate_pass(gate *g) {
   struct timespec until = deadline_in(WAIT_MS);
   int ok = 1;
   pthread_mutex_lock(&g->mu);
@@ -82,7 +82,7 @@ static int gate_pass(gate *g) {
 }
 
 /* Called by the test: waits until `n` clients reached the gate. Returns 0 on timeout. */
-static int gate_wait_entered(gate *g, int n) {
+static inline int gate_wait_entered(gate *g, int n) {
   struct timespec until = deadline_in(WAIT_MS);
   int ok = 1;
   pthread_mutex_lock(&g->mu);
@@ -104,12 +104,12 @@ typedef struct probe {
   counter order_errors, next_seq, callback_errors, builds, seq_sum;
 } probe;
 
-static void probe_init(probe *p) {
+static inline void probe_init(probe *p) {
   memset(p, 0, sizeof *p);
 }
 
 /* Payloads of ordered tests are 8-byte sequence numbers. */
-static uint64_t seq_of(const conveyor_bytes *b) {
+static inline uint64_t seq_of(const conveyor_bytes *b) {
   uint64_t v = 0;
   if (b->len == sizeof v) {
     memcpy(&v, b->data, sizeof v);
@@ -117,7 +117,7 @@ static uint64_t seq_of(const conveyor_bytes *b) {
   return v;
 }
 
-static conveyor_result publish_seq(conveyor_producer *p, uint64_t seq) {
+static inline conveyor_result publish_seq(conveyor_producer *p, uint64_t seq) {
   return conveyor_producer_publish(p, (const uint8_t *)&seq, sizeof seq, UINT64_MAX);
 }
 
@@ -139,13 +139,13 @@ typedef struct client {
   conveyor_producer *reenter_producer;
 } client;
 
-static client *client_new(probe *p) {
+static inline client *client_new(probe *p) {
   client *c = (client *)calloc(1, sizeof *c);
   c->probe = p;
   return c;
 }
 
-static uint32_t client_connect(void *userdata, uint64_t timeout_ms) {
+static inline uint32_t client_connect(void *userdata, uint64_t timeout_ms) {
   client *c = (client *)userdata;
   add(&c->probe->connect_calls, 1);
   if (timeout_ms == 0) {
@@ -159,17 +159,17 @@ static uint32_t client_connect(void *userdata, uint64_t timeout_ms) {
   return 0;
 }
 
-static void client_close(void *userdata) {
+static inline void client_close(void *userdata) {
   add(&((client *)userdata)->probe->closes, 1);
 }
 
-static void client_free(void *userdata) {
+static inline void client_free(void *userdata) {
   client *c = (client *)userdata;
   add(&c->probe->frees, 1);
   free(c);
 }
 
-static void client_reenter(client *c) {
+static inline void client_reenter(client *c) {
   uint64_t seq = 1u << 30;
   /* Waiting calls would wait for this very callback: they must refuse. */
   if (conveyor_pipeline_flush(c->reenter, UINT64_MAX) != CONVEYOR_ERR_INVALID_ARGUMENT ||
@@ -188,7 +188,7 @@ static void client_reenter(client *c) {
   }
 }
 
-static uint32_t client_publish(void *userdata, const conveyor_bytes *events, size_t n,
+static inline uint32_t client_publish(void *userdata, const conveyor_bytes *events, size_t n,
                                size_t *published) {
   client *c = (client *)userdata;
   size_t i, take = n;
@@ -236,7 +236,7 @@ static uint32_t client_publish(void *userdata, const conveyor_bytes *events, siz
   return take < n ? CONVEYOR_PUBLISH_RETRY : CONVEYOR_PUBLISH_OK;
 }
 
-static conveyor_client_vtable vtable_for(client *c) {
+static inline conveyor_client_vtable vtable_for(client *c) {
   conveyor_client_vtable vt;
   memset(&vt, 0, sizeof vt);
   vt.struct_size = (uint32_t)sizeof vt;
@@ -248,7 +248,7 @@ static conveyor_client_vtable vtable_for(client *c) {
   return vt;
 }
 
-static conveyor_result config_add(conveyor_config *cfg, client *c) {
+static inline conveyor_result config_add(conveyor_config *cfg, client *c) {
   conveyor_client_vtable vt = vtable_for(c);
   return conveyor_config_add_client(cfg, &vt);
 }
@@ -277,7 +277,7 @@ typedef struct async_client {
   uint64_t completions;
 } async_client;
 
-static void *async_completer(void *arg) {
+static inline void *async_completer(void *arg) {
   async_client *a = (async_client *)arg;
   for (;;) {
     pending_batch b;
@@ -312,7 +312,7 @@ static void *async_completer(void *arg) {
   }
 }
 
-static uint32_t async_publish(void *userdata, const conveyor_bytes *events, size_t n,
+static inline uint32_t async_publish(void *userdata, const conveyor_bytes *events, size_t n,
                               conveyor_completion *completion) {
   async_client *a = (async_client *)userdata;
   uint32_t taken = 0;
@@ -333,7 +333,7 @@ static uint32_t async_publish(void *userdata, const conveyor_bytes *events, size
   return taken;
 }
 
-static void async_free(void *userdata) {
+static inline void async_free(void *userdata) {
   async_client *a = (async_client *)userdata;
   pthread_mutex_lock(&a->mu);
   a->stop = 1;
@@ -346,7 +346,7 @@ static void async_free(void *userdata) {
   free(a);
 }
 
-static async_client *async_client_new(probe *p, int retry_every) {
+static inline async_client *async_client_new(probe *p, int retry_every) {
   async_client *a = (async_client *)calloc(1, sizeof *a);
   a->probe = p;
   a->retry_every = retry_every;
@@ -356,7 +356,7 @@ static async_client *async_client_new(probe *p, int retry_every) {
   return a;
 }
 
-static conveyor_client_vtable async_vtable_for(async_client *a) {
+static inline conveyor_client_vtable async_vtable_for(async_client *a) {
   conveyor_client_vtable vt;
   memset(&vt, 0, sizeof vt);
   vt.struct_size = (uint32_t)sizeof vt;
@@ -381,14 +381,14 @@ typedef struct sink {
   counter published, target, reentry_errors;
 } sink;
 
-static void sink_init(sink *s) {
+static inline void sink_init(sink *s) {
   memset(s, 0, sizeof *s);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
 }
 
 /* Waits until the producer's free_userdata ran; returns 0 if it did not in time. */
-static int sink_wait_freed(sink *s) {
+static inline int sink_wait_freed(sink *s) {
   struct timespec until = deadline_in(WAIT_MS);
   int ok = 1;
   pthread_mutex_lock(&s->mu);
@@ -402,7 +402,7 @@ static int sink_wait_freed(sink *s) {
   return ok;
 }
 
-static void sink_on_ack(void *userdata, uint64_t count) {
+static inline void sink_on_ack(void *userdata, uint64_t count) {
   sink *s = (sink *)userdata;
   if (get(&s->frees) != 0) {
     add(&s->late_callbacks, 1);
@@ -436,7 +436,7 @@ static void sink_on_ack(void *userdata, uint64_t count) {
   }
 }
 
-static void sink_on_drop(void *userdata, const conveyor_bytes *events, size_t n) {
+static inline void sink_on_drop(void *userdata, const conveyor_bytes *events, size_t n) {
   sink *s = (sink *)userdata;
   size_t i;
   if (get(&s->frees) != 0) {
@@ -449,7 +449,7 @@ static void sink_on_drop(void *userdata, const conveyor_bytes *events, size_t n)
   add(&s->drop_calls, 1);
 }
 
-static void sink_free(void *userdata) {
+static inline void sink_free(void *userdata) {
   sink *s = (sink *)userdata;
   pthread_mutex_lock(&s->mu);
   add(&s->frees, 1);
@@ -457,7 +457,7 @@ static void sink_free(void *userdata) {
   pthread_mutex_unlock(&s->mu);
 }
 
-static conveyor_producer_config sink_config(sink *s, uint32_t guaranteed, uint32_t drop_on_cancel) {
+static inline conveyor_producer_config sink_config(sink *s, uint32_t guaranteed, uint32_t drop_on_cancel) {
   conveyor_producer_config pc;
   memset(&pc, 0, sizeof pc);
   pc.struct_size = (uint32_t)sizeof pc;
@@ -479,16 +479,16 @@ typedef struct log_capture {
   int started;
 } log_capture;
 
-static void log_init(log_capture *l) {
+static inline void log_init(log_capture *l) {
   memset(l, 0, sizeof *l);
   pthread_mutex_init(&l->mu, NULL);
 }
 
-static void log_destroy(log_capture *l) {
+static inline void log_destroy(log_capture *l) {
   pthread_mutex_destroy(&l->mu);
 }
 
-static void capture_log(void *userdata, uint32_t level, const char *message, size_t len) {
+static inline void capture_log(void *userdata, uint32_t level, const char *message, size_t len) {
   log_capture *l = (log_capture *)userdata;
   if (message == NULL || message[len] != '\0' || strlen(message) != len) {
     add(&l->malformed, 1);
@@ -522,7 +522,7 @@ static void capture_log(void *userdata, uint32_t level, const char *message, siz
 /* ---------------------------------------------------------------- config */
 
 /* Defaults tuned for tests: fast backoff, small batches forming at once. */
-static conveyor_config *fast_config(void) {
+static inline conveyor_config *fast_config(void) {
   conveyor_config *cfg = conveyor_config_new();
   conveyor_config_set(cfg, "backoff.init", "1ms");
   conveyor_config_set(cfg, "backoff.max", "5ms");
@@ -532,7 +532,7 @@ static conveyor_config *fast_config(void) {
 }
 
 /* The stats snapshot (NUL-terminated, caller frees), or NULL. */
-static char *stats_of(conveyor_pipeline *p) {
+static inline char *stats_of(conveyor_pipeline *p) {
   size_t needed = 0;
   char *buf;
   if (conveyor_pipeline_stats_json(p, NULL, 0, &needed) != CONVEYOR_ERR_BUFFER_TOO_SMALL) {

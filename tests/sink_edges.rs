@@ -1,5 +1,6 @@
-//! Sinks given "no limit" durations (what the C and Python bindings pass for
-//! UINT64_MAX / None): they wait without a deadline instead of overflowing the clock.
+//! Sink edge cases the bindings reach: "no limit" durations (what C passes as
+//! UINT64_MAX and Python as None) wait without a deadline instead of overflowing the
+//! clock, and a closed, drained channel answers a non-blocking read with `Closed`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,4 +48,15 @@ fn a_breaker_window_beyond_the_clock_waits_until_close() {
     }
     r.close().unwrap();
     assert_eq!(writer.join().unwrap(), Err(Error::Closed));
+}
+
+#[test]
+fn a_closed_drained_channel_answers_closed_even_without_waiting() {
+    let ch = ChannelSink::new(4);
+    ch.write(b"kept").unwrap();
+    ch.close().unwrap();
+    assert_eq!(ch.recv(Some(Duration::ZERO)).unwrap(), b"kept");
+    for _ in 0..1000 {
+        assert_eq!(ch.recv(Some(Duration::ZERO)), Err(Error::Closed));
+    }
 }
