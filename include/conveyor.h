@@ -1019,12 +1019,25 @@ conveyor_result conveyor_queue_sink_close(struct conveyor_sink *sink,
  * `filtered`). Closing it closes `dst`.
  *
  * `userdata` is passed to `matches` and must stay valid as long as the filter exists
- * (until its last reference is released); conveyor never frees it.
+ * (until its last reference is released); conveyor never frees it (see
+ * conveyor_filter_sink_new_with_free()).
  */
 conveyor_result conveyor_filter_sink_new(struct conveyor_sink *dst,
                                          conveyor_sink_matcher matches,
                                          void *userdata,
                                          struct conveyor_sink **out);
+
+/**
+ * As conveyor_filter_sink_new(), and conveyor owns `userdata` once the filter is
+ * created: `free_userdata` (may be NULL) runs exactly once, after the last `matches`
+ * call returned, when the filter is gone (its last reference released), possibly on
+ * another thread. On failure the caller still owns `userdata`.
+ */
+conveyor_result conveyor_filter_sink_new_with_free(struct conveyor_sink *dst,
+                                                   conveyor_sink_matcher matches,
+                                                   void *userdata,
+                                                   void (*free_userdata)(void *userdata),
+                                                   struct conveyor_sink **out);
 
 /**
  * A breaker: after `threshold` failed attempts in a row, at most one attempt per

@@ -23,7 +23,6 @@ use super::types::{
     conveyor_retry_strategy_vtable, conveyor_sink_matcher, conveyor_sink_vtable, CONVEYOR_OVERFLOW_BLOCK,
     CONVEYOR_OVERFLOW_DROP_NEWEST, CONVEYOR_OVERFLOW_DROP_OLDEST, CONVEYOR_SINK_CLOSE_TIMEOUT_MS,
 };
-use super::vtable::UserData;
 use super::{conveyor_result, CONVEYOR_ERR_BUFFER_TOO_SMALL, CONVEYOR_ERR_CLOSED};
 use crate::client::AnyClient;
 use crate::error::{Error, Result};
@@ -610,13 +609,65 @@ pub unsafe extern "C" fn conveyor_queue_sink_close(
 
 // ---------------------------------------------------------------- filter
 
+/// A filter's matcher and its userdata, freed (when a destructor was given) once the
+/// filter is gone.
+struct Matcher {
+    matches: unsafe extern "C" fn(*mut c_void, *const u8, usize) -> u32,
+    userdata: *mut c_void,
+    free_userdata: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
+// SAFETY: the header requires the matcher to accept calls from any thread, also
+// concurrently, and `free_userdata` from any thread; the struct is read-only.
+unsafe impl Send for Matcher {}
+// SAFETY: as above.
+unsafe impl Sync for Matcher {}
+
+impl Matcher {
+    fn matches(&self, event: &[u8]) -> bool {
+        // SAFETY: the matcher and its userdata stay valid while the filter exists
+        // (header contract); `event` outlives the call.
+        unsafe { (self.matches)(self.userdata, event.as_ptr(), event.len()) != 0 }
+    }
+}
+
+impl Drop for Matcher {
+    fn drop(&mut self) {
+        if let Some(free) = self.free_userdata {
+            // SAFETY: the filter is gone, so the matcher runs no more; conveyor owns the
+            // userdata since the filter was created.
+            unsafe { free(self.userdata) }
+        }
+    }
+}
+
+/// # Safety
+/// `dst` and `out` as in conveyor_filter_sink_new_with_free.
+unsafe fn filter_sink(
+    dst: *const conveyor_sink,
+    matches: conveyor_sink_matcher,
+    userdata: *mut c_void,
+    free_userdata: Option<unsafe extern "C" fn(*mut c_void)>,
+    out: *mut *mut conveyor_sink,
+) -> FfiResult {
+    // SAFETY: the caller passes a live sink and a writable `out` (header contract).
+    let (dst, out) = unsafe { (sink_arg(dst, "dst")?, out_arg(out)?) };
+    let matches = matches.ok_or_else(|| Failure::null("matches"))?;
+    // Nothing below fails: from here on conveyor owns the userdata.
+    let matcher = Matcher { matches, userdata, free_userdata };
+    let filter = Filter::new(dst.sink.clone(), move |event: &[u8]| matcher.matches(event));
+    *out = conveyor_sink::new(Arc::new(filter), Kind::Filter, vec![dst.node.clone()]);
+    Ok(())
+}
+
 /// Creates a filter in front of `dst` (taking a reference to it) and stores it in
 /// `*out`: a write forwards the event when `matches(userdata, data, len)` returns
 /// non-zero and discards it otherwise (the write still succeeds; counted as
 /// `filtered`). Closing it closes `dst`.
 ///
 /// `userdata` is passed to `matches` and must stay valid as long as the filter exists
-/// (until its last reference is released); conveyor never frees it.
+/// (until its last reference is released); conveyor never frees it (see
+/// conveyor_filter_sink_new_with_free()).
 #[no_mangle]
 pub unsafe extern "C" fn conveyor_filter_sink_new(
     dst: *mut conveyor_sink,
@@ -625,17 +676,26 @@ pub unsafe extern "C" fn conveyor_filter_sink_new(
     out: *mut *mut conveyor_sink,
 ) -> conveyor_result {
     ffi_status("conveyor_filter_sink_new", || {
-        // SAFETY: the caller passes a live sink and a writable `out` (header contract).
-        let (dst, out) = unsafe { (sink_arg(dst, "dst")?, out_arg(out)?) };
-        let matches = matches.ok_or_else(|| Failure::null("matches"))?;
-        let userdata = UserData::new(userdata);
-        let filter = Filter::new(dst.sink.clone(), move |event: &[u8]| {
-            // SAFETY: the caller promised `matches` and its userdata stay valid while the
-            // filter exists and accept calls from any thread; `event` outlives the call.
-            unsafe { matches(userdata.ptr(), event.as_ptr(), event.len()) != 0 }
-        });
-        *out = conveyor_sink::new(Arc::new(filter), Kind::Filter, vec![dst.node.clone()]);
-        Ok(())
+        // SAFETY: forwarded from the header contract.
+        unsafe { filter_sink(dst, matches, userdata, None, out) }
+    })
+}
+
+/// As conveyor_filter_sink_new(), and conveyor owns `userdata` once the filter is
+/// created: `free_userdata` (may be NULL) runs exactly once, after the last `matches`
+/// call returned, when the filter is gone (its last reference released), possibly on
+/// another thread. On failure the caller still owns `userdata`.
+#[no_mangle]
+pub unsafe extern "C" fn conveyor_filter_sink_new_with_free(
+    dst: *mut conveyor_sink,
+    matches: conveyor_sink_matcher,
+    userdata: *mut c_void,
+    free_userdata: Option<unsafe extern "C" fn(userdata: *mut c_void)>,
+    out: *mut *mut conveyor_sink,
+) -> conveyor_result {
+    ffi_status("conveyor_filter_sink_new_with_free", || {
+        // SAFETY: forwarded from the header contract.
+        unsafe { filter_sink(dst, matches, userdata, free_userdata, out) }
     })
 }
 

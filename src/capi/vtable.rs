@@ -26,10 +26,6 @@ use crate::queue::lock;
 pub(crate) struct UserData(*mut c_void);
 
 impl UserData {
-    pub(crate) fn new(userdata: *mut c_void) -> UserData {
-        UserData(userdata)
-    }
-
     /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
     pub(crate) fn ptr(self) -> *mut c_void {
         self.0

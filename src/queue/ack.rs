@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread::{self, ThreadId};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::event::{Events, EventsData, Selection};
@@ -130,8 +130,10 @@ struct Pending {
     dropped: u64,
     /// No more reports are accepted; the dispatcher stops once it delivered the rest.
     closed: bool,
-    /// The dispatcher waits for reports and nobody has woken it yet.
+    /// The dispatcher waits for a first report and nobody has woken it yet.
     parked: bool,
+    /// Someone waits for outcomes to be reported: deliver without coalescing.
+    hurry: bool,
 }
 
 impl Pending {
@@ -152,8 +154,13 @@ impl Pending {
     }
 }
 
+/// How long the dispatcher lets reports gather after a delivery before the next one:
+/// under load, one wake-up and one callback per producer for many batches; after a
+/// quiet spell, the first report is delivered at once.
+const COALESCE: Duration = Duration::from_micros(100);
+
 /// The dispatcher's inbox: it parks on `ready` without spinning, and is woken only
-/// when reports arrive while it is parked.
+/// when reports arrive while it is parked (or someone hurries it).
 #[derive(Default)]
 struct Mailbox {
     pending: Mutex<Pending>,
@@ -179,6 +186,42 @@ impl Mailbox {
     fn close(&self) {
         lock(&self.pending).closed = true;
         self.ready.notify_one();
+    }
+
+    /// Ends the current coalescing wait: a flush is waiting.
+    fn hurry(&self) {
+        lock(&self.pending).hurry = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits for reports and moves them into `items`; returns the round's (acked,
+    /// dropped) totals, or `None` once closed and empty.
+    fn next_round(&self, items: &mut Vec<(u32, Report)>) -> Option<(u64, u64)> {
+        let mut pending = lock(&self.pending);
+        let mut deliver_at = Instant::now() + COALESCE;
+        loop {
+            let ready = pending.closed || pending.hurry || Instant::now() >= deliver_at;
+            if ready && !pending.items.is_empty() {
+                break;
+            }
+            if pending.closed {
+                return None;
+            }
+            if ready {
+                pending.hurry = false;
+                pending.parked = true;
+                pending = self.ready.wait(pending).unwrap_or_else(|e| e.into_inner());
+                deliver_at = Instant::now();
+            } else {
+                let wait = deliver_at.saturating_duration_since(Instant::now());
+                pending = self.ready.wait_timeout(pending, wait).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        }
+        pending.parked = false;
+        pending.hurry = false;
+        std::mem::swap(&mut pending.items, items);
+        pending.last_of.clear();
+        Some((std::mem::take(&mut pending.acked), std::mem::take(&mut pending.dropped)))
     }
 }
 
@@ -418,6 +461,7 @@ impl AckTracker {
             if reported.events >= self.accepted.load(Ordering::Acquire) {
                 return Ok(());
             }
+            self.mailbox.hurry();
             reported.waiters += 1;
             reported = match deadline {
                 None => self.reported_cv.wait(reported).unwrap_or_else(|e| e.into_inner()),
@@ -495,21 +539,7 @@ fn collect_reports(entry: &Entry, pending: &mut Pending) {
 fn dispatch(tracker: Weak<AckTracker>, mailbox: &Mailbox, listener: Option<AckListener>) {
     let mut items = Vec::new();
     let mut keys = Vec::new();
-    loop {
-        let (acked, dropped) = {
-            let mut pending = lock(&mailbox.pending);
-            while pending.items.is_empty() && !pending.closed {
-                pending.parked = true;
-                pending = mailbox.ready.wait(pending).unwrap_or_else(|e| e.into_inner());
-            }
-            pending.parked = false;
-            if pending.items.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut pending.items, &mut items);
-            pending.last_of.clear();
-            (std::mem::take(&mut pending.acked), std::mem::take(&mut pending.dropped))
-        };
+    while let Some((acked, dropped)) = mailbox.next_round(&mut items) {
         let Some(t) = tracker.upgrade() else { return };
         let mut reported_now = 0u64;
         for (key, report) in items.drain(..) {

@@ -3,10 +3,13 @@
 //! One mutex guards the FIFO of waiting events and the segment being written.
 //! Consumers are woken only when a batch can form (`flush.min_events` reached, or
 //! the first event arrived and the flush timer must start), never per event; blocked
-//! producers are woken only when capacity comes back.
+//! producers are woken only when capacity comes back. Settled capacity comes back
+//! through atomic counters, so releasing a batch takes the lock only when a producer
+//! waits for room, and `publish_batch` copies at most [`LOCKED_RUN`] events per lock
+//! hold, so a consumer never waits long for the lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,11 +34,19 @@ struct State {
     frozen_base: u32,
     /// Scratch space of `push`, kept for its capacity.
     staged: Vec<EventRef>,
-    /// Accepted and not yet settled.
-    events: usize,
-    bytes: usize,
-    blocked_producers: usize,
+    /// Events (and their bytes) ever accepted, less those removed by `cancel`; minus
+    /// `MemQueue::released_*`, the events accepted and not yet settled.
+    events_in: usize,
+    bytes_in: usize,
     blocked_consumers: usize,
+    /// Blocked consumers that found the queue empty and sleep without a timer: the
+    /// first event must wake one. The others sleep at most a flush timeout and find
+    /// `first_waiting_at` when they wake, so the first event wakes nobody and a batch
+    /// costs one wake-up, when it is complete.
+    deep_sleepers: usize,
+    /// When the oldest waiting event arrived, or (after a take left events waiting)
+    /// when that take happened. Meaningful while events wait.
+    first_waiting_at: Instant,
     /// The smallest batch a blocked consumer waits for.
     consumer_want: usize,
 }
@@ -50,7 +61,16 @@ pub struct MemQueue {
     pool: Arc<SegmentPool>,
     /// Bumped (under the lock) by every `wake_consumers`.
     epoch: AtomicU64,
+    /// Events (and bytes) settled and released, ever: added without the lock.
+    released_events: AtomicUsize,
+    released_bytes: AtomicUsize,
+    /// Producers waiting for room; changed under the lock, read by `release` without it.
+    blocked_producers: AtomicUsize,
 }
+
+/// Most events `publish_batch` copies per lock hold: about a microsecond, less than a
+/// consumer spins on the lock before it sleeps.
+const LOCKED_RUN: usize = 128;
 
 impl MemQueue {
     /// Builds a queue; `listener` sees the total of every ACK round.
@@ -77,10 +97,11 @@ impl MemQueue {
                     frozen: VecDeque::new(),
                     frozen_base: 0,
                     staged: Vec::new(),
-                    events: 0,
-                    bytes: 0,
-                    blocked_producers: 0,
+                    events_in: 0,
+                    bytes_in: 0,
                     blocked_consumers: 0,
+                    deep_sleepers: 0,
+                    first_waiting_at: Instant::now(),
                     consumer_want: usize::MAX,
                 }),
                 not_full: Condvar::new(),
@@ -88,21 +109,38 @@ impl MemQueue {
                 pool,
                 settings,
                 epoch: AtomicU64::new(0),
+                released_events: AtomicUsize::new(0),
+                released_bytes: AtomicUsize::new(0),
+                blocked_producers: AtomicUsize::new(0),
             }
         }))
     }
 
+    /// Returns settled capacity. A producer that found no room announced itself in
+    /// `blocked_producers` before checking again (both sequentially consistent), so
+    /// either it sees this release or this sees it and wakes it under the lock.
     fn release(&self, events: usize, bytes: usize) {
-        let mut st = lock(&self.state);
-        st.events -= events;
-        st.bytes -= bytes;
-        if st.blocked_producers > 0 {
+        self.released_events.fetch_add(events, Ordering::SeqCst);
+        self.released_bytes.fetch_add(bytes, Ordering::SeqCst);
+        if self.blocked_producers.load(Ordering::SeqCst) > 0 {
+            // Taking the lock waits until the producer is inside `wait`; notifying
+            // after dropping it spares the producer waking up to a held lock.
+            drop(lock(&self.state));
             self.not_full.notify_all();
         }
     }
 
+    /// Events and bytes accepted and not yet settled. Exact under the lock, except
+    /// that releases may land at any time (the figures only shrink then).
+    fn occupancy(&self, st: &State) -> (usize, usize) {
+        let events = st.events_in.wrapping_sub(self.released_events.load(Ordering::SeqCst));
+        let bytes = st.bytes_in.wrapping_sub(self.released_bytes.load(Ordering::SeqCst));
+        (events, bytes)
+    }
+
     fn has_room(&self, st: &State, len: usize) -> bool {
-        st.events < self.settings.events && (self.settings.bytes == 0 || st.bytes + len <= self.settings.bytes)
+        let (events, bytes) = self.occupancy(st);
+        events < self.settings.events && (self.settings.bytes == 0 || bytes + len <= self.settings.bytes)
     }
 
     fn check_open(st: &State, p: &ProducerState) -> Result<()> {
@@ -132,20 +170,26 @@ impl MemQueue {
 
     /// Stores one event (the caller checked room and state) and counts it.
     fn push_one(&self, st: &mut State, producer: u32, event: &[u8]) {
+        if st.waiting.is_empty() {
+            st.first_waiting_at = Instant::now();
+        }
         if st.open.capacity() - st.open.len() < event.len() {
             self.freeze(st, event.len());
         }
         let off = st.open.len() as u32;
         st.open.extend_from_slice(event);
         st.waiting.push_back(EventRef { seg: st.open_id, off, len: event.len() as u32, producer });
-        st.events += 1;
-        st.bytes += event.len();
+        st.events_in += 1;
+        st.bytes_in += event.len();
     }
 
     /// Stores `events` (the caller checked room and state) and counts them: payloads
     /// are copied run by run (the longest run that fits the open segment), their
     /// references gathered in `st.staged` and appended to `waiting` in one copy.
     fn push(&self, st: &mut State, producer: u32, events: &[&[u8]]) {
+        if st.waiting.is_empty() && !events.is_empty() {
+            st.first_waiting_at = Instant::now();
+        }
         let mut staged = std::mem::take(&mut st.staged);
         staged.reserve(events.len());
         let mut bytes = 0;
@@ -174,19 +218,19 @@ impl MemQueue {
             rest = &rest[fit..];
         }
         st.waiting.extend(staged.iter());
-        st.events += events.len();
-        st.bytes += bytes;
+        st.events_in += events.len();
+        st.bytes_in += bytes;
         staged.clear();
         st.staged = staged;
     }
 
     /// How many of `events`, from the first, fit in the queue now.
     fn fitting(&self, st: &State, events: &[&[u8]]) -> usize {
-        let n = events.len().min(self.settings.events.saturating_sub(st.events));
+        let (queued, mut bytes) = self.occupancy(st);
+        let n = events.len().min(self.settings.events.saturating_sub(queued));
         if self.settings.bytes == 0 {
             return n;
         }
-        let mut bytes = st.bytes;
         events[..n]
             .iter()
             .position(|e| {
@@ -196,11 +240,17 @@ impl MemQueue {
             .unwrap_or(n)
     }
 
-    /// Wakes a blocked consumer when `waiting` went from `before` to `after` across
-    /// the size it waits for, or from empty (its flush timer must start).
-    fn signal_consumers(&self, st: &State, before: usize) {
+    /// Unlocks, then wakes a blocked consumer if `waiting` went from `before` across
+    /// the size it waits for, or from empty while a consumer sleeps without a timer
+    /// (its flush timer must start). The consumer was inside `wait` when `st` was
+    /// taken, so the wake cannot be lost; notifying after unlocking spares it waking
+    /// up to a held lock.
+    fn signal_consumers(&self, st: MutexGuard<'_, State>, before: usize) {
         let after = st.waiting.len();
-        if st.blocked_consumers > 0 && (before == 0 || (before < st.consumer_want && after >= st.consumer_want)) {
+        let fills_batch = st.blocked_consumers > 0 && before < st.consumer_want && after >= st.consumer_want;
+        let wake = fills_batch || (before == 0 && st.deep_sleepers > 0);
+        drop(st);
+        if wake {
             self.not_empty.notify_one();
         }
     }
@@ -218,7 +268,11 @@ impl MemQueue {
             if self.has_room(&st, len) {
                 return Ok(st);
             }
-            st.blocked_producers += 1;
+            self.blocked_producers.fetch_add(1, Ordering::SeqCst);
+            if self.has_room(&st, len) {
+                self.blocked_producers.fetch_sub(1, Ordering::SeqCst);
+                return Ok(st);
+            }
             let result = match deadline {
                 None => Ok(self.not_full.wait(st).unwrap_or_else(|e| e.into_inner())),
                 Some(d) => {
@@ -230,15 +284,10 @@ impl MemQueue {
                     }
                 }
             };
+            self.blocked_producers.fetch_sub(1, Ordering::SeqCst);
             match result {
-                Ok(g) => {
-                    st = g;
-                    st.blocked_producers -= 1;
-                }
-                Err(mut g) => {
-                    g.blocked_producers -= 1;
-                    return Err(Error::Timeout);
-                }
+                Ok(g) => st = g,
+                Err(_) => return Err(Error::Timeout),
             }
         }
     }
@@ -259,6 +308,9 @@ impl MemQueue {
             refs.extend_from_slice(&back[..n - front.len()]);
         }
         st.waiting.drain(..n);
+        if !st.waiting.is_empty() {
+            st.first_waiting_at = Instant::now();
+        }
         let seg_base = refs[0].seg;
         let first = seg_base.wrapping_sub(st.frozen_base) as usize;
         let span = refs[n - 1].seg.wrapping_sub(seg_base) as usize + 1;
@@ -303,7 +355,7 @@ impl Queue for MemQueue {
         let before = st.waiting.len();
         self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
-        self.signal_consumers(&st, before);
+        self.signal_consumers(st, before);
         Ok(())
     }
 
@@ -317,7 +369,7 @@ impl Queue for MemQueue {
         let before = st.waiting.len();
         self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
-        self.signal_consumers(&st, before);
+        self.signal_consumers(st, before);
         Ok(())
     }
 
@@ -327,19 +379,20 @@ impl Queue for MemQueue {
         }
         let deadline = timeout_deadline(timeout);
         let mut accepted = 0;
-        let mut st = lock(&self.state);
         while accepted < events.len() {
-            st = match self.wait_room(st, &producer.state, events[accepted].len(), deadline) {
+            let st = lock(&self.state);
+            let mut st = match self.wait_room(st, &producer.state, events[accepted].len(), deadline) {
                 Ok(g) => g,
                 Err(e) if accepted == 0 => return Err(e),
                 Err(_) => return Ok(accepted),
             };
             let before = st.waiting.len();
-            let run = &events[accepted..accepted + self.fitting(&st, &events[accepted..])];
+            let next = &events[accepted..events.len().min(accepted + LOCKED_RUN)];
+            let run = &next[..self.fitting(&st, next)];
             self.push(&mut st, producer.key, run);
             accepted += run.len();
             self.tracker.accept(&producer.state, run.len() as u64);
-            self.signal_consumers(&st, before);
+            self.signal_consumers(st, before);
         }
         Ok(accepted)
     }
@@ -360,8 +413,8 @@ impl Queue for MemQueue {
                 }
             }
             st.waiting = kept;
-            st.events -= removed.len();
-            st.bytes -= freed_bytes;
+            st.events_in -= removed.len();
+            st.bytes_in -= freed_bytes;
         }
         self.not_full.notify_all();
         drop(st);
@@ -377,8 +430,11 @@ impl Queue for MemQueue {
     fn get_since(&self, max: usize, epoch: u64) -> Result<Option<Batch>> {
         let max = max.max(1);
         let want = max.min(self.settings.flush_min_events.max(1));
+        let flush_timeout = self.settings.flush_timeout;
         let mut st = lock(&self.state);
-        let mut flush_deadline: Option<Instant> = None;
+        // Found empty, a consumer first sleeps one flush timeout without asking
+        // producers to wake it at their first event (see `State::deep_sleepers`).
+        let mut light_sleep = !flush_timeout.is_zero();
         loop {
             if st.closed {
                 return Err(Error::Closed);
@@ -387,23 +443,31 @@ impl Queue for MemQueue {
                 return Ok(None);
             }
             let avail = st.waiting.len();
+            let mut wake_at = None;
             if avail > 0 {
+                let flush_at = st.first_waiting_at.checked_add(flush_timeout);
                 let due = avail >= want
                     || st.input_closed
-                    || self.settings.flush_timeout.is_zero()
-                    || flush_deadline.is_some_and(|d| Instant::now() >= d);
+                    || flush_timeout.is_zero()
+                    || flush_at.is_some_and(|d| Instant::now() >= d);
                 if due {
                     let batch = self.take(&mut st, max);
-                    if st.blocked_consumers > 0 && !st.waiting.is_empty() {
+                    let chain = st.blocked_consumers > 0 && !st.waiting.is_empty();
+                    drop(st);
+                    if chain {
                         self.not_empty.notify_one();
                     }
                     return Ok(Some(batch));
                 }
-                flush_deadline.get_or_insert_with(|| Instant::now() + self.settings.flush_timeout);
+                wake_at = flush_at;
+            } else if std::mem::take(&mut light_sleep) {
+                wake_at = Instant::now().checked_add(flush_timeout);
             }
+            let deep = avail == 0 && wake_at.is_none();
             st.blocked_consumers += 1;
+            st.deep_sleepers += usize::from(deep);
             st.consumer_want = st.consumer_want.min(want);
-            st = match flush_deadline {
+            st = match wake_at {
                 None => self.not_empty.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let wait = d.saturating_duration_since(Instant::now());
@@ -411,6 +475,7 @@ impl Queue for MemQueue {
                 }
             };
             st.blocked_consumers -= 1;
+            st.deep_sleepers -= usize::from(deep);
             if st.blocked_consumers == 0 {
                 st.consumer_want = usize::MAX;
             }
@@ -474,9 +539,10 @@ impl Queue for MemQueue {
 
     fn stats(&self) -> QueueStats {
         let st = lock(&self.state);
+        let (events, bytes) = self.occupancy(&st);
         QueueStats {
-            events: st.events,
-            bytes: st.bytes,
+            events,
+            bytes,
             waiting: st.waiting.len(),
             open_batches: self.tracker.open_batches(),
             capacity_events: self.settings.events,

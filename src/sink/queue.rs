@@ -75,7 +75,13 @@ impl Shared {
                 let mut b = lock(&self.buffer);
                 loop {
                     if b.deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.drop_all(&mut b);
+                        let late = self.take_all(&mut b);
+                        if !late.is_empty() {
+                            drop(b);
+                            self.report_all(late);
+                            b = lock(&self.buffer);
+                            continue;
+                        }
                     }
                     if self.pop(&mut b, &mut event) {
                         break;
@@ -98,12 +104,18 @@ impl Shared {
         }
     }
 
-    fn drop_all(&self, b: &mut Buffer) {
+    /// Empties the buffer. The caller reports the events with `report_all` once it
+    /// released the lock: the drop hook may look at this queue, or write into it.
+    fn take_all(&self, b: &mut Buffer) -> Vec<Vec<u8>> {
         let mut dropped = Vec::with_capacity(b.lens.len());
         let mut event = Vec::new();
         while self.pop(b, &mut event) {
             dropped.push(std::mem::take(&mut event));
         }
+        dropped
+    }
+
+    fn report_all(&self, dropped: Vec<Vec<u8>>) {
         if !dropped.is_empty() {
             let views: Vec<&[u8]> = dropped.iter().map(Vec::as_slice).collect();
             self.report_drop(&views);
@@ -178,10 +190,9 @@ impl QueueSink {
             };
         }
         let drained = b.worker_done;
-        if !drained {
-            self.shared.drop_all(&mut b);
-        }
+        let late = if drained { Vec::new() } else { self.shared.take_all(&mut b) };
         drop(b);
+        self.shared.report_all(late);
         if first {
             let _ = self.shared.dst.close();
             if drained {
@@ -216,7 +227,10 @@ impl Sink for QueueSink {
                 Overflow::DropOldest => {
                     let mut oldest = Vec::new();
                     s.pop(&mut b, &mut oldest);
+                    // Not under the lock: the drop hook may look at this queue.
+                    drop(b);
                     s.report_drop(&[&oldest]);
+                    b = lock(&s.buffer);
                 }
             }
         }

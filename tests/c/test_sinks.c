@@ -1396,6 +1396,43 @@ static void test_free_userdata_runs_once_after_the_last_reference(void) {
   CHECK(rec_destroy(r));
 }
 
+typedef struct matcher_data {
+  counter calls;
+  counter frees;
+} matcher_data;
+
+static uint32_t match_counting(void *userdata, const uint8_t *data, size_t len) {
+  (void)data;
+  (void)len;
+  add(&((matcher_data *)userdata)->calls, 1);
+  return 1;
+}
+
+static void free_matcher_data(void *userdata) {
+  add(&((matcher_data *)userdata)->frees, 1);
+}
+
+static void test_a_filter_frees_its_matcher_userdata_once_it_is_gone(void) {
+  rec *r = rec_new();
+  matcher_data m;
+  atomic_init(&m.calls, 0);
+  atomic_init(&m.frees, 0);
+  conveyor_sink *s = rec_sink(r), *f = NULL, *b = NULL;
+  /* Refused: the userdata stays the caller's. */
+  CHECK_RESULT(conveyor_filter_sink_new_with_free(s, NULL, &m, free_matcher_data, &f), CONVEYOR_ERR_NULL_PARAMETER);
+  CHECK(f == NULL && get(&m.frees) == 0);
+  CHECK_OK(conveyor_filter_sink_new_with_free(s, match_counting, &m, free_matcher_data, &f));
+  CHECK_OK(conveyor_broadcaster_new(&f, 1, &b));
+  conveyor_sink_free(f);
+  CHECK_OK(write_str(b, "x"));
+  CHECK(get(&m.calls) == 1 && get(&m.frees) == 0); /* the broadcaster still holds the filter */
+  conveyor_sink_free(b);
+  CHECK(get(&m.frees) == 1);
+  conveyor_sink_free(s);
+  CHECK(rec_wait_freed(r) && rec_count(r) == 1);
+  CHECK(rec_destroy(r));
+}
+
 static void test_stats_json_nests_and_reports_its_size(void) {
   rec *r = rec_new();
   conveyor_sink *s = rec_sink(r), *f = NULL, *q = NULL;
@@ -1456,6 +1493,7 @@ int main(void) {
       HARNESS_TEST(test_sinks_added_to_a_running_pipeline_and_cycles_refused),
       HARNESS_TEST(test_a_broadcaster_of_two_pipelines_keeps_delivering_when_one_output_is_dead),
       HARNESS_TEST(test_free_userdata_runs_once_after_the_last_reference),
+      HARNESS_TEST(test_a_filter_frees_its_matcher_userdata_once_it_is_gone),
       HARNESS_TEST(test_stats_json_nests_and_reports_its_size),
   };
   return harness_run("test_sinks", tests, sizeof tests / sizeof tests[0]);
