@@ -4,7 +4,7 @@
 # benchmark (bindings/go/bench, its own module: go-events comes from the Go proxy).
 #
 #   make test-go                     every Go check (part of `make test`)
-#   make demo-go                     examples/go (part of `make demo`)
+#   make demo-go                     examples/go and examples/go/fanout (part of `make demo`)
 #   make bench-go BENCH_GO_ARGS=-quick   the H6 lines (part of `make bench`)
 #   make go-header                   copy include/conveyor.h into the module after an ABI change
 
@@ -66,6 +66,7 @@ test-go: go-lint c-lib go-test-pkgconfig
 
 demo-go: go-deps go-header-check c-lib
 	cd examples/go && $(GO_RUN) run $(GO_RELINK) .
+	cd examples/go && $(GO_RUN) run $(GO_RELINK) ./fanout
 
 bench-go: go-deps go-header-check c-lib
 	cd $(GO_DIR)/bench && $(GO_RUN) run $(GO_RELINK) . $(BENCH_GO_ARGS)

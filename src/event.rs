@@ -15,13 +15,34 @@ pub(crate) const SEGMENT_BYTES: usize = 256 * 1024;
 /// Buffers kept for reuse; enough for a full default queue of small events.
 const POOL_KEEP: usize = 64;
 
-/// A pool of segment buffers shared by one queue.
+/// A pool of segment buffers and event reference lists shared by one queue.
 #[derive(Default)]
 pub(crate) struct SegmentPool {
     free: Mutex<Vec<Vec<u8>>>,
+    free_refs: Mutex<Vec<Vec<EventRef>>>,
 }
 
 impl SegmentPool {
+    /// An empty reference list with room for `n` references, reused when one is free.
+    pub(crate) fn take_refs(&self, n: usize) -> Vec<EventRef> {
+        let mut free = self.free_refs.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().rposition(|refs| refs.capacity() >= n) {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(n),
+        }
+    }
+
+    pub(crate) fn give_back_refs(&self, mut refs: Vec<EventRef>) {
+        if refs.capacity() == 0 {
+            return;
+        }
+        refs.clear();
+        let mut free = self.free_refs.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOL_KEEP {
+            free.push(refs);
+        }
+    }
+
     /// A cleared buffer with room for at least `min` bytes.
     pub(crate) fn take(&self, min: usize) -> Vec<u8> {
         let want = min.max(SEGMENT_BYTES);
@@ -87,19 +108,24 @@ pub(crate) struct EventsData {
     pub(crate) bytes: usize,
     /// The producer of every event, when they all have the same one.
     pub(crate) sole_producer: Option<u32>,
+    /// Where `refs` goes back to.
+    pool: Option<Arc<SegmentPool>>,
 }
 
 impl EventsData {
-    /// `refs` point into `segs`, whose first segment has id `seg_base`.
-    pub(crate) fn new(segs: Vec<Arc<Segment>>, seg_base: u32, refs: Vec<EventRef>) -> EventsData {
-        let first_producer = refs.first().map_or(0, |r| r.producer);
-        let (mut bytes, mut other_producers) = (0usize, 0u32);
-        for r in &refs {
-            bytes += r.len as usize;
-            other_producers |= r.producer ^ first_producer;
-        }
-        let sole_producer = (other_producers == 0 && !refs.is_empty()).then_some(first_producer);
-        EventsData { segs, seg_base, refs, bytes, sole_producer }
+    /// `refs` point into `segs`, whose first segment has id `seg_base`; `bytes` and
+    /// `sole_producer` describe them (the queue keeps both as events arrive).
+    pub(crate) fn new(
+        segs: Vec<Arc<Segment>>,
+        seg_base: u32,
+        refs: Vec<EventRef>,
+        bytes: usize,
+        sole_producer: Option<u32>,
+        pool: Option<Arc<SegmentPool>>,
+    ) -> EventsData {
+        debug_assert_eq!(bytes, refs.iter().map(|r| r.len as usize).sum::<usize>());
+        debug_assert!(sole_producer.map_or(true, |p| refs.iter().all(|r| r.producer == p)));
+        EventsData { segs, seg_base, refs, bytes, sole_producer, pool }
     }
 
     #[inline]
@@ -107,6 +133,14 @@ impl EventsData {
         let r = self.refs[i];
         let start = r.off as usize;
         &self.segs[r.seg.wrapping_sub(self.seg_base) as usize].data[start..start + r.len as usize]
+    }
+}
+
+impl Drop for EventsData {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back_refs(std::mem::take(&mut self.refs));
+        }
     }
 }
 
@@ -252,7 +286,8 @@ mod tests {
             refs.push(EventRef { seg: 0, off: data.len() as u32, len: p.len() as u32, producer: i as u32 % 2 });
             data.extend_from_slice(p);
         }
-        let data = Arc::new(EventsData::new(vec![Arc::new(Segment::new(data, pool))], 0, refs));
+        let bytes = data.len();
+        let data = Arc::new(EventsData::new(vec![Arc::new(Segment::new(data, pool))], 0, refs, bytes, None, None));
         let n = payloads.len() as u32;
         Events::new(data, Selection::Range(0..n))
     }

@@ -66,6 +66,29 @@
 #define CONVEYOR_LOG_DEBUG 4
 
 /**
+ * Queue sink overflow policy: a writer finding the buffer full waits for room.
+ */
+#define CONVEYOR_OVERFLOW_BLOCK 0
+
+/**
+ * Queue sink overflow policy: the new event is dropped (reported to the drop hook)
+ * and conveyor_sink_write() returns CONVEYOR_ERR_FULL.
+ */
+#define CONVEYOR_OVERFLOW_DROP_NEWEST 1
+
+/**
+ * Queue sink overflow policy: the oldest buffered event is dropped (reported to the
+ * drop hook) to make room; the write succeeds.
+ */
+#define CONVEYOR_OVERFLOW_DROP_OLDEST 2
+
+/**
+ * How long conveyor_sink_close() lets a queue sink or a pipeline sink deliver what it
+ * holds when no other close timeout was given, in milliseconds.
+ */
+#define CONVEYOR_SINK_CLOSE_TIMEOUT_MS 30000
+
+/**
  * An asynchronous publish waiting for its outcome (see conveyor_client_vtable.publish_async).
  * Opaque: only ever passed back to conveyor_completion_done().
  */
@@ -96,6 +119,28 @@ typedef struct conveyor_pipeline conveyor_pipeline;
  * pipeline (a producer that outlives its pipeline only gets CONVEYOR_ERR_CLOSED).
  */
 typedef struct conveyor_producer conveyor_producer;
+
+/**
+ * A retry strategy for conveyor_retrying_sink_new(), which takes it over.
+ *
+ * Created by conveyor_breaker_new(), conveyor_exponential_backoff_new() or
+ * conveyor_retry_strategy_new(); freed by conveyor_retry_strategy_free() unless a
+ * retrying sink took it. Not thread-safe until a retrying sink took it.
+ */
+typedef struct conveyor_retry_strategy conveyor_retry_strategy;
+
+/**
+ * A reference to a sink: something that takes events one at a time.
+ *
+ * Created by conveyor_sink_new() and the combinator constructors; released by
+ * conveyor_sink_free(). Every combinator, pipeline or config given a sink takes a
+ * reference of its own, so a handle may be freed as soon as the caller no longer
+ * calls functions on it: the sink lives while anything references it.
+ *
+ * Thread-safe: every function taking a sink may be called from any thread
+ * concurrently, except conveyor_sink_free(), which must be the handle's last call.
+ */
+typedef struct conveyor_sink conveyor_sink;
 
 /**
  * Status of a call: CONVEYOR_OK (0) or one of the CONVEYOR_ERR_* codes.
@@ -311,6 +356,149 @@ typedef struct conveyor_counts {
    */
   uint64_t in_flight;
 } conveyor_counts;
+
+/**
+ * A sink written in C: takes events one at a time. Wrap it with conveyor_sink_new().
+ *
+ * Threads: `write` may be called from several threads at once (your threads calling
+ * conveyor_sink_write() on it or on a combinator over it, a queue sink's delivery
+ * thread, pipeline workers when it serves as a client), and concurrently with
+ * `close`: make both thread-safe. Callbacks must not unwind out of their frame.
+ *
+ * Ownership: once conveyor_sink_new() succeeded, conveyor calls `free_userdata`
+ * exactly once, after the last callback returned, when the last reference to the
+ * sink is released (its handle and every combinator or pipeline holding it).
+ */
+typedef struct conveyor_sink_vtable {
+  /**
+   * Must be `sizeof(conveyor_sink_vtable)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Passed to every callback; owned by conveyor once the sink is created.
+   */
+  void *userdata;
+  /**
+   * Required. Takes one event: the `len` bytes at `data`, valid only during the
+   * call (`data` may be any non-NULL value when `len` is 0). Return 0 when the
+   * event was taken; CONVEYOR_ERR_CLOSED when this sink is closed for good (a
+   * broadcaster then removes it, a retrying sink stops retrying, a pipeline
+   * counts a broken connection); any other value is a failed write, which
+   * conveyor_sink_write() reports as CONVEYOR_ERR_CLIENT.
+   */
+  uint32_t (*write)(void *userdata, const uint8_t *data, size_t len);
+  /**
+   * Optional. Called once, by the first conveyor_sink_close() (directly or from a
+   * combinator closing its destination); writes after it fail with
+   * CONVEYOR_ERR_CLOSED without reaching `write`.
+   */
+  void (*close)(void *userdata);
+  /**
+   * Optional destructor of `userdata`.
+   */
+  void (*free_userdata)(void *userdata);
+} conveyor_sink_vtable;
+
+/**
+ * Options of conveyor_queue_sink_new_with_options().
+ */
+typedef struct conveyor_queue_sink_options {
+  /**
+   * Must be `sizeof(conveyor_queue_sink_options)`.
+   */
+  uint32_t struct_size;
+  /**
+   * How long conveyor_sink_close() lets the queue deliver what it buffers before
+   * dropping the rest (UINT64_MAX: no limit).
+   */
+  uint64_t close_timeout_ms;
+  /**
+   * Passed to the callbacks; owned by conveyor once the queue sink is created.
+   */
+  void *userdata;
+  /**
+   * Optional dead-letter hook: these events were dropped (overflow, a failed
+   * delivery, the close deadline). The views are valid only during the call. Runs
+   * on the queue's delivery thread, on a writer's thread (overflow) or on the thread
+   * closing the queue, possibly concurrently: make it thread-safe.
+   */
+  void (*on_drop)(void *userdata, const struct conveyor_bytes *events, size_t n);
+  /**
+   * Optional destructor of `userdata`, called exactly once, after the last
+   * `on_drop` returned: when the queue sink and its delivery thread are both gone
+   * (possibly on that thread).
+   */
+  void (*free_userdata)(void *userdata);
+} conveyor_queue_sink_options;
+
+/**
+ * What conveyor_queue_sink_close() did (counts over the queue sink's life).
+ */
+typedef struct conveyor_queue_sink_report {
+  /**
+   * Events delivered to the destination.
+   */
+  uint64_t delivered;
+  /**
+   * Events dropped (overflow, failed deliveries, the close deadline), each one
+   * reported to the drop hook.
+   */
+  uint64_t dropped;
+  /**
+   * 1 when the buffer drained before the deadline, else 0.
+   */
+  uint32_t drained;
+} conveyor_queue_sink_report;
+
+/**
+ * Decides which events a filter sink forwards: return 0 to discard the event (the
+ * write still succeeds), any other value to forward it. The `len` bytes at `data`
+ * are valid only during the call. Runs on the writer's thread, possibly from
+ * several threads at once.
+ */
+typedef uint32_t (*conveyor_sink_matcher)(void *userdata, const uint8_t *data, size_t len);
+
+/**
+ * A retry strategy written in C, for a retrying sink (see
+ * conveyor_retry_strategy_new()).
+ *
+ * Threads: the retrying sink serializes its writes, so the callbacks are never called
+ * concurrently; they run on the threads writing to the retrying sink. They must not
+ * unwind out of their frame.
+ *
+ * Ownership: once conveyor_retry_strategy_new() succeeded, `free_userdata` is called
+ * exactly once, by conveyor_retry_strategy_free() or when the retrying sink that took
+ * the strategy is gone.
+ */
+typedef struct conveyor_retry_strategy_vtable {
+  /**
+   * Must be `sizeof(conveyor_retry_strategy_vtable)`.
+   */
+  uint32_t struct_size;
+  /**
+   * Passed to every callback; owned by conveyor once the strategy is created.
+   */
+  void *userdata;
+  /**
+   * Optional (NULL: never wait). Milliseconds to wait before the next attempt, 0
+   * for now, UINT64_MAX until the retrying sink is closed. Consulted before every
+   * attempt, including an event's first.
+   */
+  uint64_t (*proceed)(void *userdata);
+  /**
+   * Required. An attempt failed: return 0 to try again, any other value to give
+   * up on the event (the write then fails with CONVEYOR_ERR_CLIENT).
+   */
+  uint32_t (*failure)(void *userdata);
+  /**
+   * Optional. An attempt succeeded.
+   */
+  void (*success)(void *userdata);
+  /**
+   * Optional destructor of `userdata`.
+   */
+  void (*free_userdata)(void *userdata);
+} conveyor_retry_strategy_vtable;
 
 /**
  * The call succeeded.
@@ -677,6 +865,305 @@ conveyor_result conveyor_producer_counts(const struct conveyor_producer *p,
  * in flight). NULL is ignored; never free twice. May be called from a conveyor callback.
  */
 void conveyor_producer_free(struct conveyor_producer *p);
+
+/**
+ * Creates a sink from C callbacks (see conveyor_sink_vtable) and stores a reference to
+ * it in `*out`.
+ *
+ * The struct is copied; on success conveyor owns its `userdata` (`free_userdata` runs
+ * once the last reference is released), on failure the caller still does.
+ * CONVEYOR_ERR_INVALID_ARGUMENT for a wrong `struct_size` or a NULL `write`.
+ */
+conveyor_result conveyor_sink_new(const struct conveyor_sink_vtable *vtable,
+                                  struct conveyor_sink **out);
+
+/**
+ * Writes one event (the `len` bytes at `data`; `data` may be NULL when `len` is 0).
+ *
+ * What CONVEYOR_OK means depends on the sink: taken by the C sink, given to every
+ * member (broadcaster), buffered (queue), forwarded or discarded (filter), delivered
+ * after retries (retrying), buffered for a reader (channel), accepted by the pipeline.
+ * Errors: CONVEYOR_ERR_CLOSED after conveyor_sink_close() (or from a closed
+ * destination), CONVEYOR_ERR_FULL (queue sink with CONVEYOR_OVERFLOW_DROP_NEWEST: the
+ * event was dropped and reported), CONVEYOR_ERR_CLIENT (a C sink's write failed, or a
+ * retry strategy gave up on the event; conveyor_last_error() says which),
+ * CONVEYOR_ERR_TIMEOUT (a pipeline sink waited its publish timeout for room).
+ *
+ * Blocks while a blocking queue sink or a channel sink is full, while a retrying
+ * sink retries, and while a pipeline sink waits for room; closing the sink from
+ * another thread ends the wait with CONVEYOR_ERR_CLOSED.
+ */
+conveyor_result conveyor_sink_write(struct conveyor_sink *sink, const uint8_t *data, size_t len);
+
+/**
+ * Closes the sink: later writes fail with CONVEYOR_ERR_CLOSED. Closing again does
+ * nothing and returns CONVEYOR_OK.
+ *
+ * Combinators close what they wrap: a broadcaster closes its members, a filter or a
+ * retrying sink its destination, a queue sink delivers what it buffers (for its close
+ * timeout, CONVEYOR_SINK_CLOSE_TIMEOUT_MS unless set), drops and reports the rest,
+ * then closes its destination; a pipeline sink closes the pipeline (waiting its close
+ * timeout for delivery). A channel sink keeps what it buffered for its reader.
+ * Returns the destination's close error, if any (e.g. CONVEYOR_ERR_INVALID_ARGUMENT
+ * for a pipeline sink closed from one of conveyor's callbacks).
+ */
+conveyor_result conveyor_sink_close(struct conveyor_sink *sink);
+
+/**
+ * Copies a JSON snapshot of the sink's counters (`kind`, `written`, `forwarded`,
+ * `dropped`, `filtered`, `failures`, `queued`, and `inner`: the same for the sinks it
+ * wraps) as a NUL-terminated string into `buf` of `len` bytes.
+ *
+ * `*needed` (required) receives the size needed including the NUL, on success and on
+ * CONVEYOR_ERR_BUFFER_TOO_SMALL (then nothing is written; `buf` may be NULL when
+ * `len` is 0).
+ */
+conveyor_result conveyor_sink_stats_json(const struct conveyor_sink *sink,
+                                         char *buf,
+                                         size_t len,
+                                         size_t *needed);
+
+/**
+ * Releases this reference to the sink. It does not close the sink. When it was the
+ * last reference (no combinator, pipeline or config holds the sink) the sink is gone:
+ * a C sink's `free_userdata` runs, a queue sink that was not closed drops (and
+ * reports) what it still buffers and closes its destination, a pipeline sink releases
+ * its pipeline. NULL is ignored; never free a handle twice or while a call on it is
+ * in progress.
+ */
+void conveyor_sink_free(struct conveyor_sink *sink);
+
+/**
+ * Creates a broadcaster over the `n` sinks in `members` (NULL when `n` is 0; a sink
+ * listed twice is kept once) and stores it in `*out`. It takes a reference to each.
+ *
+ * A write goes to every member, in member order, and succeeds (failures of members
+ * are counted in its stats). A member whose write returns CONVEYOR_ERR_CLOSED is
+ * removed; the other members still get that event exactly once. Membership changes
+ * never wait for a write in progress; wrap slow members in queue sinks so that none
+ * holds back the others. Closing the broadcaster closes every member once.
+ */
+conveyor_result conveyor_broadcaster_new(struct conveyor_sink *const *members,
+                                         size_t n,
+                                         struct conveyor_sink **out);
+
+/**
+ * Adds `member` to `broadcaster` (taking a reference to it); adding a member already
+ * there does nothing.
+ *
+ * CONVEYOR_ERR_CLOSED after the broadcaster was closed; CONVEYOR_ERR_INVALID_ARGUMENT
+ * when `broadcaster` is another kind of sink, or when the member writes (directly or
+ * through other sinks and pipelines) into the broadcaster itself.
+ */
+conveyor_result conveyor_broadcaster_add(struct conveyor_sink *broadcaster,
+                                         struct conveyor_sink *member);
+
+/**
+ * Removes `member` from `broadcaster` without closing it (and drops the
+ * broadcaster's reference to it); an unknown member is ignored. Writes starting after
+ * this returns do not reach it.
+ *
+ * CONVEYOR_ERR_CLOSED after the broadcaster was closed; CONVEYOR_ERR_INVALID_ARGUMENT
+ * when `broadcaster` is another kind of sink.
+ */
+conveyor_result conveyor_broadcaster_remove(struct conveyor_sink *broadcaster,
+                                            struct conveyor_sink *member);
+
+/**
+ * Creates a queue sink in front of `dst` (taking a reference to it) and stores it in
+ * `*out`: it buffers up to `capacity` events (at least 1) and delivers them to `dst`
+ * in order from a thread of its own, so writers never wait on `dst` (unless the
+ * buffer is full and `overflow` is CONVEYOR_OVERFLOW_BLOCK). `overflow` is a
+ * CONVEYOR_OVERFLOW_* value. Deliveries that fail are counted as dropped (see its
+ * stats); conveyor_sink_close() drains for CONVEYOR_SINK_CLOSE_TIMEOUT_MS. For a drop
+ * hook and another close timeout use conveyor_queue_sink_new_with_options().
+ *
+ * CONVEYOR_ERR_INVALID_ARGUMENT for a zero capacity or an unknown overflow policy;
+ * CONVEYOR_ERR_INTERNAL when its thread cannot be started.
+ */
+conveyor_result conveyor_queue_sink_new(struct conveyor_sink *dst,
+                                        size_t capacity,
+                                        uint32_t overflow,
+                                        struct conveyor_sink **out);
+
+/**
+ * As conveyor_queue_sink_new(), with `options` (see conveyor_queue_sink_options;
+ * copied): the close timeout and a drop hook hearing about every dropped event. On
+ * success conveyor owns `options->userdata`; on failure the caller still does.
+ * CONVEYOR_ERR_INVALID_ARGUMENT also for a wrong `struct_size`.
+ */
+conveyor_result conveyor_queue_sink_new_with_options(struct conveyor_sink *dst,
+                                                     size_t capacity,
+                                                     uint32_t overflow,
+                                                     const struct conveyor_queue_sink_options *options,
+                                                     struct conveyor_sink **out);
+
+/**
+ * Closes a queue sink with a deadline: stops accepting events, delivers what it
+ * buffers for up to `timeout_ms` (UINT64_MAX: no limit), drops and reports the rest,
+ * then closes the destination. Returns within the timeout even when the destination
+ * blocks (its stuck write finishes on its own; the queue's thread ends after it).
+ * `*report` (may be NULL) receives the counts over the queue's life and whether it
+ * drained. Calling it again (or after conveyor_sink_close()) reports again.
+ *
+ * CONVEYOR_ERR_INVALID_ARGUMENT when `sink` is another kind of sink.
+ */
+conveyor_result conveyor_queue_sink_close(struct conveyor_sink *sink,
+                                          uint64_t timeout_ms,
+                                          struct conveyor_queue_sink_report *report);
+
+/**
+ * Creates a filter in front of `dst` (taking a reference to it) and stores it in
+ * `*out`: a write forwards the event when `matches(userdata, data, len)` returns
+ * non-zero and discards it otherwise (the write still succeeds; counted as
+ * `filtered`). Closing it closes `dst`.
+ *
+ * `userdata` is passed to `matches` and must stay valid as long as the filter exists
+ * (until its last reference is released); conveyor never frees it (see
+ * conveyor_filter_sink_new_with_free()).
+ */
+conveyor_result conveyor_filter_sink_new(struct conveyor_sink *dst,
+                                         conveyor_sink_matcher matches,
+                                         void *userdata,
+                                         struct conveyor_sink **out);
+
+/**
+ * As conveyor_filter_sink_new(), and conveyor owns `userdata` once the filter is
+ * created: `free_userdata` (may be NULL) runs exactly once, after the last `matches`
+ * call returned, when the filter is gone (its last reference released), possibly on
+ * another thread. On failure the caller still owns `userdata`.
+ */
+conveyor_result conveyor_filter_sink_new_with_free(struct conveyor_sink *dst,
+                                                   conveyor_sink_matcher matches,
+                                                   void *userdata,
+                                                   void (*free_userdata)(void *userdata),
+                                                   struct conveyor_sink **out);
+
+/**
+ * A breaker: after `threshold` failed attempts in a row, at most one attempt per
+ * `backoff_ms` window (each failed attempt starts a new window); a success resets
+ * it; it never gives up on an event. Returns NULL only if conveyor panicked.
+ */
+struct conveyor_retry_strategy *conveyor_breaker_new(uint32_t threshold, uint64_t backoff_ms);
+
+/**
+ * Full-jitter exponential backoff: after `n` failed attempts in a row the wait is
+ * uniform in [0, min(base_ms + factor_ms * 2^(n-1), max_ms)) milliseconds (the
+ * bound saturates at `max_ms` however many failures); a success resets it; it never
+ * gives up on an event. Returns NULL only if conveyor panicked.
+ */
+struct conveyor_retry_strategy *conveyor_exponential_backoff_new(uint64_t base_ms,
+                                                                 uint64_t factor_ms,
+                                                                 uint64_t max_ms);
+
+/**
+ * Creates a retry strategy from C callbacks (see conveyor_retry_strategy_vtable) and
+ * stores it in `*out`. The struct is copied; on success conveyor owns its `userdata`,
+ * on failure the caller still does. CONVEYOR_ERR_INVALID_ARGUMENT for a wrong
+ * `struct_size` or a NULL `failure`.
+ */
+conveyor_result conveyor_retry_strategy_new(const struct conveyor_retry_strategy_vtable *vtable,
+                                            struct conveyor_retry_strategy **out);
+
+/**
+ * Frees a strategy no retrying sink took (a C strategy's `free_userdata` runs).
+ * NULL is ignored; never free a strategy a retrying sink took, nor twice.
+ */
+void conveyor_retry_strategy_free(struct conveyor_retry_strategy *strategy);
+
+/**
+ * Creates a retrying sink in front of `dst` (taking a reference to it) and stores it
+ * in `*out`. On success it takes `strategy` (do not free it or pass it again); on
+ * failure the caller still owns it.
+ *
+ * Each write is retried under the strategy until `dst` takes it; it fails with
+ * CONVEYOR_ERR_CLIENT when the strategy gives up ("dropped by the retry strategy
+ * after N attempts"), with CONVEYOR_ERR_CLOSED at once when `dst` reports closed, and
+ * with CONVEYOR_ERR_CLOSED when this sink is closed meanwhile (a pending backoff ends
+ * at once). Writes are serialized, so concurrent writers keep their order. Closing it
+ * closes `dst`.
+ */
+conveyor_result conveyor_retrying_sink_new(struct conveyor_sink *dst,
+                                           struct conveyor_retry_strategy *strategy,
+                                           struct conveyor_sink **out);
+
+/**
+ * Creates a channel sink holding up to `capacity` events (at least 1) for the
+ * application to read with conveyor_channel_sink_recv(), and stores it in `*out`. A
+ * write waits for room; after close, writes fail with CONVEYOR_ERR_CLOSED (also those
+ * waiting) while buffered events stay readable.
+ */
+conveyor_result conveyor_channel_sink_new(size_t capacity, struct conveyor_sink **out);
+
+/**
+ * Takes the next event of a channel sink, waiting up to `timeout_ms` (UINT64_MAX: no
+ * limit; 0: do not wait), and copies it into `buf` of `len` bytes. `*needed`
+ * (required) receives the event's length on CONVEYOR_OK and on
+ * CONVEYOR_ERR_BUFFER_TOO_SMALL; in that case nothing is copied and the event stays
+ * first in line for the next call (so `recv(sink, NULL, 0, &needed, t)` waits for an
+ * event and tells its size). `buf` may be NULL when `len` is 0.
+ *
+ * CONVEYOR_ERR_TIMEOUT when nothing came in time, CONVEYOR_ERR_CLOSED once the sink is
+ * closed and everything buffered was read, CONVEYOR_ERR_INVALID_ARGUMENT when `sink`
+ * is another kind of sink. Readers on several threads each get different events.
+ */
+conveyor_result conveyor_channel_sink_recv(struct conveyor_sink *sink,
+                                           uint8_t *buf,
+                                           size_t len,
+                                           size_t *needed,
+                                           uint64_t timeout_ms);
+
+/**
+ * The pipeline as a sink: conveyor_pipeline_as_sink_with(pipeline, NULL, UINT64_MAX,
+ * CONVEYOR_SINK_CLOSE_TIMEOUT_MS, out).
+ */
+conveyor_result conveyor_pipeline_as_sink(struct conveyor_pipeline *pipeline,
+                                          struct conveyor_sink **out);
+
+/**
+ * Stores in `*out` a sink that publishes into `pipeline` through a producer of its
+ * own, made from `producer` as by conveyor_producer_new() (NULL: no callbacks; same
+ * ownership of its userdata): `on_ack` / `on_drop` report the outcome of every event
+ * the sink accepted. A write publishes the event, waiting up to `publish_timeout_ms`
+ * for room (UINT64_MAX: no limit; the wait ends with CONVEYOR_ERR_CLOSED when the
+ * pipeline closes); closing the sink closes the pipeline, waiting up to
+ * `close_timeout_ms` for delivery. The sink keeps the pipeline alive:
+ * conveyor_pipeline_free() still closes it (with a zero timeout), after which writes
+ * fail with CONVEYOR_ERR_CLOSED. The sink's stats show the pipeline's totals
+ * (`forwarded` = acked, `dropped`).
+ *
+ * CONVEYOR_ERR_CLOSED when the pipeline is closed; CONVEYOR_ERR_INVALID_ARGUMENT for a
+ * bad producer config.
+ */
+conveyor_result conveyor_pipeline_as_sink_with(struct conveyor_pipeline *pipeline,
+                                               const struct conveyor_producer_config *producer,
+                                               uint64_t publish_timeout_ms,
+                                               uint64_t close_timeout_ms,
+                                               struct conveyor_sink **out);
+
+/**
+ * Makes `sink` a client of the pipeline built from `config` (taking a reference to
+ * it), after the clients added before it: each event of a batch is written to the
+ * sink in order; a failed write publishes the events before it and the rest is
+ * retried; a sink that reports closed counts as a broken connection (the events go to
+ * another client in failover and loadbalance modes). The pipeline never closes the
+ * sink: close it yourself when you no longer need it.
+ */
+conveyor_result conveyor_config_add_sink(struct conveyor_config *config,
+                                         struct conveyor_sink *sink);
+
+/**
+ * Makes `sink` a client of a running pipeline (modes failover and loadbalance), as
+ * conveyor_config_add_sink() does, and stores its id in `*client_id` (may be NULL;
+ * see conveyor_pipeline_remove_client()).
+ *
+ * CONVEYOR_ERR_INVALID_ARGUMENT in mode "single" or when the sink writes (directly
+ * or through other sinks and pipelines) into this pipeline; CONVEYOR_ERR_CLOSED after
+ * close.
+ */
+conveyor_result conveyor_pipeline_add_sink(struct conveyor_pipeline *pipeline,
+                                           struct conveyor_sink *sink,
+                                           uint64_t *client_id);
 
 /**
  * Reports the outcome of an asynchronous publish: the first `published` events went

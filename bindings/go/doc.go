@@ -27,6 +27,14 @@
 //     every later call returns ErrClosed, except Stats, which returns the final
 //     snapshot.
 //
+// # Sinks
+//
+// The composable sinks of go-events: Sink, and the combinators Broadcaster,
+// QueueSink, Filter, RetryingSink and ChannelSink, which are Sinks themselves; a
+// pipeline is a sink (Pipeline.AsSink) and a sink can be a pipeline's client
+// (SinkClient). Sending every event to two outputs, neither holding back the other,
+// is a Broadcaster of two QueueSinks over two pipelines.
+//
 // Blocking calls take a context.Context. The C library waits with timeouts, so they
 // wait in slices of a few milliseconds and return ctx's error within one slice of
 // ctx ending.

@@ -171,3 +171,44 @@ type funcClient struct {
 func (c *funcClient) Connect(time.Duration) error          { return nil }
 func (c *funcClient) Close() error                         { return nil }
 func (c *funcClient) Publish(events [][]byte) (int, error) { return c.publish(events) }
+
+// printSink is a Sink of your own: it prints what it is given (a view, valid during
+// the call).
+type printSink struct{ name string }
+
+func (s *printSink) Write(event []byte) error {
+	fmt.Printf("%s: %s\n", s.name, event)
+	return nil
+}
+
+func (s *printSink) Close() error { return nil }
+
+// Fan-out: every event goes to a queued console sink, and the errors also to a
+// channel the program reads. Closing the broadcaster closes its members: the queue
+// delivers what it holds, the channel closes once drained.
+func ExampleNewBroadcaster() {
+	console, err := conveyor.NewQueueSink(&printSink{name: "console"}, 16, conveyor.OverflowBlock)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	alerts, _ := conveyor.NewChannelSink(16)
+	errorsOnly, _ := conveyor.NewFilter(alerts, func(e []byte) bool { return strings.HasPrefix(string(e), "error") })
+	fanout, _ := conveyor.NewBroadcaster(console, errorsOnly)
+	for _, e := range []string{"info: started", "error: disk full", "info: retrying"} {
+		if err := fanout.Write([]byte(e)); err != nil {
+			fmt.Println(err)
+		}
+	}
+	fanout.Close()
+	for e := range alerts.C() {
+		fmt.Printf("alert: %s\n", e)
+	}
+	console.Close() // releases the handles held here (closing again does nothing)
+	errorsOnly.Close()
+	// Output:
+	// console: info: started
+	// console: error: disk full
+	// console: info: retrying
+	// alert: error: disk full
+}

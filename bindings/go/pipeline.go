@@ -37,33 +37,39 @@ func NewPipeline(cfg Config, clients ...Client) (*Pipeline, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	sink := &logSink{fn: cfg.Logger}
+	// handles[i] is client i's cgo handle, 0 for a SinkClient (conveyor serves
+	// those directly).
 	handles := make([]C.uintptr_t, len(clients))
 	asyncs := make([]C.int, len(clients))
-	for i, c := range clients {
-		h, async, err := registerClient(c, sink)
-		if err != nil {
-			for _, h := range handles[:i] {
+	deleteFrom := func(i int) {
+		for _, h := range handles[i:] {
+			if h != 0 {
 				deleteHandle(cgo.Handle(h))
 			}
+		}
+	}
+	for i, c := range clients {
+		if _, ok := c.(*sinkClient); ok {
+			continue
+		}
+		h, async, err := registerClient(c, sink)
+		if err != nil {
+			deleteFrom(0)
 			return nil, err
 		}
 		handles[i], asyncs[i] = h, async
 	}
 	cc, err := cfg.newCConfig()
 	if err != nil {
-		for _, h := range handles {
-			deleteHandle(cgo.Handle(h))
-		}
+		deleteFrom(0)
 		return nil, err
 	}
 	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{})}
 	// From here on the C config owns every handle it took: conveyor_config_free
 	// releases them through free_userdata.
-	fail := func(err error, untaken []C.uintptr_t) (*Pipeline, error) {
+	fail := func(err error, untaken int) (*Pipeline, error) {
 		C.conveyor_config_free(cc)
-		for _, h := range untaken {
-			deleteHandle(cgo.Handle(h))
-		}
+		deleteFrom(untaken)
 		if p.logHandle != 0 {
 			deleteHandle(p.logHandle)
 		}
@@ -72,18 +78,40 @@ func NewPipeline(cfg Config, clients ...Client) (*Pipeline, error) {
 	if cfg.Logger != nil {
 		p.logHandle = newHandle(sink)
 		if r := C.conveyor_go_config_set_logger(cc, C.uintptr_t(p.logHandle)); r != C.CONVEYOR_OK {
-			return fail(lastError(r), handles)
+			return fail(lastError(r), 0)
 		}
 	}
 	for i, h := range handles {
+		if sc, ok := clients[i].(*sinkClient); ok {
+			if err := addSinkClient(sc, func(s *C.conveyor_sink) C.conveyor_result {
+				return C.conveyor_config_add_sink(cc, s)
+			}); err != nil {
+				return fail(err, i+1)
+			}
+			continue
+		}
 		if r := C.conveyor_go_config_add_client(cc, h, asyncs[i]); r != C.CONVEYOR_OK {
-			return fail(lastError(r), handles[i:])
+			return fail(lastError(r), i)
 		}
 	}
 	if r := C.conveyor_pipeline_new(cc, &p.c); r != C.CONVEYOR_OK {
-		return fail(lastError(r), nil)
+		return fail(lastError(r), len(handles))
 	}
 	return p, nil
+}
+
+// addSinkClient lends the C sink behind sc to add, which takes a reference of its
+// own. The caller is locked to its OS thread.
+func addSinkClient(sc *sinkClient, add func(*C.conveyor_sink) C.conveyor_result) error {
+	s, err := sc.lend()
+	if err != nil {
+		return err
+	}
+	defer s.giveBack()
+	if r := add(s.c); r != C.CONVEYOR_OK {
+		return lastError(r)
+	}
+	return nil
 }
 
 // Close stops accepting events, delivers what it can within timeout, drops the rest
@@ -211,6 +239,13 @@ func (p *Pipeline) AddClient(c Client) (uint64, error) {
 	defer p.mu.RUnlock()
 	if p.c == nil {
 		return 0, errPipelineClosed()
+	}
+	if sc, ok := c.(*sinkClient); ok {
+		var id C.uint64_t
+		err := addSinkClient(sc, func(s *C.conveyor_sink) C.conveyor_result {
+			return C.conveyor_pipeline_add_sink(p.c, s, &id)
+		})
+		return uint64(id), err
 	}
 	h, async, err := registerClient(c, p.log)
 	if err != nil {

@@ -81,20 +81,107 @@ static void producer_free(void *userdata) {
     goConveyorFreeProducer((uintptr_t)userdata);
 }
 
+static void producer_config(conveyor_producer_config *pc, uintptr_t handle, int has_ack, int has_drop,
+                            uint32_t guaranteed, uint32_t drop_on_cancel) {
+    memset(pc, 0, sizeof *pc);
+    pc->struct_size = (uint32_t)sizeof *pc;
+    pc->userdata = (void *)handle;
+    pc->on_ack = has_ack ? producer_ack : NULL;
+    pc->on_drop = has_drop ? producer_drop : NULL;
+    pc->guaranteed = guaranteed;
+    pc->drop_on_cancel = drop_on_cancel;
+    pc->free_userdata = handle ? producer_free : NULL;
+}
+
 conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
                                          uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out) {
     conveyor_producer_config pc;
-    memset(&pc, 0, sizeof pc);
-    pc.struct_size = (uint32_t)sizeof pc;
-    pc.userdata = (void *)handle;
-    pc.on_ack = has_ack ? producer_ack : NULL;
-    pc.on_drop = has_drop ? producer_drop : NULL;
-    pc.guaranteed = guaranteed;
-    pc.drop_on_cancel = drop_on_cancel;
-    pc.free_userdata = handle ? producer_free : NULL;
+    producer_config(&pc, handle, has_ack, has_drop, guaranteed, drop_on_cancel);
     return conveyor_producer_new(p, &pc, out);
 }
 
 void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status) {
     conveyor_completion_done((conveyor_completion *)completion, published, status);
+}
+
+/* ---------------------------------------------------------------- sinks */
+
+static uint32_t sink_write(void *userdata, const uint8_t *data, size_t len) {
+    return goConveyorSinkWrite((uintptr_t)userdata, len ? (uint8_t *)data : NULL, len);
+}
+
+static void sink_close(void *userdata) {
+    goConveyorSinkClose((uintptr_t)userdata);
+}
+
+static void handle_free(void *userdata) {
+    goConveyorFreeHandle((uintptr_t)userdata);
+}
+
+conveyor_result conveyor_go_sink_new(uintptr_t handle, conveyor_sink **out) {
+    conveyor_sink_vtable vt;
+    memset(&vt, 0, sizeof vt);
+    vt.struct_size = (uint32_t)sizeof vt;
+    vt.userdata = (void *)handle;
+    vt.write = sink_write;
+    vt.close = sink_close;
+    vt.free_userdata = handle_free;
+    return conveyor_sink_new(&vt, out);
+}
+
+static uint32_t sink_match(void *userdata, const uint8_t *data, size_t len) {
+    return goConveyorSinkMatch((uintptr_t)userdata, len ? (uint8_t *)data : NULL, len);
+}
+
+conveyor_result conveyor_go_filter_new(conveyor_sink *dst, uintptr_t handle, conveyor_sink **out) {
+    return conveyor_filter_sink_new_with_free(dst, sink_match, (void *)handle, handle_free, out);
+}
+
+static void queue_sink_drop(void *userdata, const conveyor_bytes *events, size_t n) {
+    goConveyorSinkDrop((uintptr_t)userdata, events_arg(events, n), n);
+}
+
+conveyor_result conveyor_go_queue_sink_new(conveyor_sink *dst, size_t capacity, uint32_t overflow,
+                                           uint64_t close_timeout_ms, uintptr_t drop_handle, conveyor_sink **out) {
+    conveyor_queue_sink_options options;
+    memset(&options, 0, sizeof options);
+    options.struct_size = (uint32_t)sizeof options;
+    options.close_timeout_ms = close_timeout_ms;
+    options.userdata = (void *)drop_handle;
+    options.on_drop = drop_handle ? queue_sink_drop : NULL;
+    options.free_userdata = drop_handle ? handle_free : NULL;
+    return conveyor_queue_sink_new_with_options(dst, capacity, overflow, &options, out);
+}
+
+static uint64_t retry_proceed(void *userdata) {
+    return goConveyorRetryProceed((uintptr_t)userdata);
+}
+
+static uint32_t retry_failure(void *userdata) {
+    return goConveyorRetryFailure((uintptr_t)userdata);
+}
+
+static void retry_success(void *userdata) {
+    goConveyorRetrySuccess((uintptr_t)userdata);
+}
+
+conveyor_result conveyor_go_retry_strategy_new(uintptr_t handle, conveyor_retry_strategy **out) {
+    conveyor_retry_strategy_vtable vt;
+    memset(&vt, 0, sizeof vt);
+    vt.struct_size = (uint32_t)sizeof vt;
+    vt.userdata = (void *)handle;
+    vt.proceed = retry_proceed;
+    vt.failure = retry_failure;
+    vt.success = retry_success;
+    vt.free_userdata = handle_free;
+    return conveyor_retry_strategy_new(&vt, out);
+}
+
+conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
+                                             uint32_t guaranteed, uint32_t drop_on_cancel,
+                                             uint64_t publish_timeout_ms, uint64_t close_timeout_ms,
+                                             conveyor_sink **out) {
+    conveyor_producer_config pc;
+    producer_config(&pc, handle, has_ack, has_drop, guaranteed, drop_on_cancel);
+    return conveyor_pipeline_as_sink_with(p, &pc, publish_timeout_ms, close_timeout_ms, out);
 }

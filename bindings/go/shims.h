@@ -23,4 +23,19 @@ conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle,
 /* conveyor_completion_done for a completion Go holds as a number. */
 void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status);
 
+/* A sink whose callbacks are the Go trampolines for the Sink behind `handle`. */
+conveyor_result conveyor_go_sink_new(uintptr_t handle, conveyor_sink **out);
+/* A filter over `dst` matching with the Go function behind `handle` (freed with it). */
+conveyor_result conveyor_go_filter_new(conveyor_sink *dst, uintptr_t handle, conveyor_sink **out);
+/* A queue sink over `dst`; `drop_handle` (0: none) names the Go drop hook. */
+conveyor_result conveyor_go_queue_sink_new(conveyor_sink *dst, size_t capacity, uint32_t overflow,
+                                           uint64_t close_timeout_ms, uintptr_t drop_handle, conveyor_sink **out);
+/* A retry strategy whose callbacks are the Go functions behind `handle`. */
+conveyor_result conveyor_go_retry_strategy_new(uintptr_t handle, conveyor_retry_strategy **out);
+/* conveyor_pipeline_as_sink_with with a producer config as conveyor_go_producer_new builds. */
+conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
+                                             uint32_t guaranteed, uint32_t drop_on_cancel,
+                                             uint64_t publish_timeout_ms, uint64_t close_timeout_ms,
+                                             conveyor_sink **out);
+
 #endif

@@ -148,6 +148,11 @@ impl Worker {
             return None;
         }
         let epoch = self.shared.queue.epoch();
+        // A control request is posted before the epoch moves: one posted after
+        // `apply_control` but before `epoch` was read would not end the wait below.
+        if self.control.as_ref().is_some_and(|c| !lock(c).is_empty()) {
+            return None;
+        }
         if let Some(w) = self.shared.pop_retry() {
             return Some(w);
         }

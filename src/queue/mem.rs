@@ -20,20 +20,54 @@ use crate::error::{Error, Result};
 use crate::event::{EventRef, Events, EventsData, Segment, SegmentPool, Selection};
 use crate::queue::ack::ProducerState;
 
+/// A run of waiting events, in order. A consumer whose take covers exactly its
+/// events gets the list itself as its batch's event list: no copy, and the
+/// references stay in the producer's cache until a client reads them.
+#[derive(Default)]
+struct Chunk {
+    /// Their `seg` is the segment's id (wrapping); `refs[..taken]` are already taken.
+    refs: Vec<EventRef>,
+    taken: usize,
+    /// Most events the chunk takes.
+    limit: usize,
+    /// Payload bytes of `refs[taken..]`.
+    bytes: usize,
+    /// The producer of every event in `refs`, when they all have the same one.
+    producer: Option<u32>,
+}
+
+impl Chunk {
+    fn untaken(&self) -> &[EventRef] {
+        &self.refs[self.taken..]
+    }
+
+    fn add_producer(&mut self, producer: u32) {
+        if self.refs.is_empty() {
+            self.producer = Some(producer);
+        } else if self.producer != Some(producer) {
+            self.producer = None;
+        }
+    }
+}
+
 struct State {
     input_closed: bool,
     closed: bool,
-    /// Events not taken yet, in order. Their `seg` is the segment's id (wrapping),
-    /// so that a batch's event list is a plain copy of a run of this queue.
-    waiting: VecDeque<EventRef>,
+    /// Events not taken yet: the full chunks, in order, then `open_chunk`, which
+    /// producers append to.
+    chunks: VecDeque<Chunk>,
+    open_chunk: Chunk,
+    /// How many events the chunks hold.
+    waiting: usize,
+    /// Events per new chunk: the size consumers last asked for, so that chunks and
+    /// batches line up.
+    chunk_events: usize,
     /// The segment being written; owned by the queue alone.
     open: Vec<u8>,
     open_id: u32,
     /// Frozen segments that still hold waiting events: ids `frozen_base..open_id`.
     frozen: VecDeque<Arc<Segment>>,
     frozen_base: u32,
-    /// Scratch space of `push`, kept for its capacity.
-    staged: Vec<EventRef>,
     /// Events (and their bytes) ever accepted, less those removed by `cancel`; minus
     /// `MemQueue::released_*`, the events accepted and not yet settled.
     events_in: usize,
@@ -72,6 +106,9 @@ pub struct MemQueue {
 /// consumer spins on the lock before it sleeps.
 const LOCKED_RUN: usize = 128;
 
+/// Bounds of `State::chunk_events`.
+const CHUNK_EVENTS: std::ops::RangeInclusive<usize> = 16..=16384;
+
 impl MemQueue {
     /// Builds a queue; `listener` sees the total of every ACK round.
     pub fn new(settings: QueueSettings, listener: Option<super::AckListener>) -> Result<Arc<MemQueue>> {
@@ -91,12 +128,14 @@ impl MemQueue {
                 state: Mutex::new(State {
                     input_closed: false,
                     closed: false,
-                    waiting: VecDeque::with_capacity(settings.events.min(1 << 16)),
+                    chunks: VecDeque::new(),
+                    open_chunk: Chunk::default(),
+                    waiting: 0,
+                    chunk_events: Self::chunk_size(&settings, settings.flush_min_events),
                     open: pool.take(0),
                     open_id: 0,
                     frozen: VecDeque::new(),
                     frozen_base: 0,
-                    staged: Vec::new(),
                     events_in: 0,
                     bytes_in: 0,
                     blocked_consumers: 0,
@@ -138,6 +177,12 @@ impl MemQueue {
         (events, bytes)
     }
 
+    /// Events per chunk for consumers that take `max` events at a time.
+    fn chunk_size(settings: &QueueSettings, max: usize) -> usize {
+        let max = if max == 0 { 1024 } else { max };
+        max.min(settings.events).clamp(*CHUNK_EVENTS.start(), *CHUNK_EVENTS.end())
+    }
+
     fn has_room(&self, st: &State, len: usize) -> bool {
         let (events, bytes) = self.occupancy(st);
         events < self.settings.events && (self.settings.bytes == 0 || bytes + len <= self.settings.bytes)
@@ -156,7 +201,8 @@ impl MemQueue {
     /// Moves the open segment behind an `Arc` so consumers can share it.
     fn freeze(&self, st: &mut State, min_next: usize) {
         // An empty segment still needs freezing when empty events refer to it.
-        let referenced = st.waiting.back().is_some_and(|s| s.seg == st.open_id);
+        let last = st.open_chunk.untaken().last().or_else(|| st.chunks.back().and_then(|c| c.untaken().last()));
+        let referenced = last.is_some_and(|e| e.seg == st.open_id);
         if st.open.is_empty() && !referenced {
             if st.open.capacity() < min_next {
                 st.open = self.pool.take(min_next);
@@ -168,30 +214,75 @@ impl MemQueue {
         st.open_id = st.open_id.wrapping_add(1);
     }
 
-    /// Stores one event (the caller checked room and state) and counts it.
-    fn push_one(&self, st: &mut State, producer: u32, event: &[u8]) {
-        if st.waiting.is_empty() {
-            st.first_waiting_at = Instant::now();
+    /// Makes sure `open_chunk` has room for one more event.
+    fn open_chunk_room(&self, st: &mut State) {
+        if st.open_chunk.refs.len() < st.open_chunk.limit {
+            return;
         }
+        let limit = st.chunk_events;
+        let fresh = Chunk { refs: self.pool.take_refs(limit), taken: 0, limit, bytes: 0, producer: None };
+        let full = std::mem::replace(&mut st.open_chunk, fresh);
+        if full.taken < full.refs.len() {
+            st.chunks.push_back(full);
+        } else {
+            self.pool.give_back_refs(full.refs);
+        }
+    }
+
+    /// Copies the payload of one event into the open segment and returns its reference.
+    fn store(&self, st: &mut State, producer: u32, event: &[u8]) -> EventRef {
         if st.open.capacity() - st.open.len() < event.len() {
             self.freeze(st, event.len());
         }
         let off = st.open.len() as u32;
         st.open.extend_from_slice(event);
-        st.waiting.push_back(EventRef { seg: st.open_id, off, len: event.len() as u32, producer });
+        EventRef { seg: st.open_id, off, len: event.len() as u32, producer }
+    }
+
+    /// Stores one event (the caller checked room and state) and counts it.
+    fn push_one(&self, st: &mut State, producer: u32, event: &[u8]) {
+        if st.waiting == 0 {
+            st.first_waiting_at = Instant::now();
+        }
+        let r = self.store(st, producer, event);
+        self.open_chunk_room(st);
+        let chunk = &mut st.open_chunk;
+        chunk.add_producer(producer);
+        chunk.refs.push(r);
+        chunk.bytes += event.len();
+        st.waiting += 1;
         st.events_in += 1;
         st.bytes_in += event.len();
     }
 
     /// Stores `events` (the caller checked room and state) and counts them: payloads
     /// are copied run by run (the longest run that fits the open segment), their
-    /// references gathered in `st.staged` and appended to `waiting` in one copy.
+    /// references appended to the last chunk (then to new ones).
     fn push(&self, st: &mut State, producer: u32, events: &[&[u8]]) {
-        if st.waiting.is_empty() && !events.is_empty() {
+        if st.waiting == 0 && !events.is_empty() {
             st.first_waiting_at = Instant::now();
         }
-        let mut staged = std::mem::take(&mut st.staged);
-        staged.reserve(events.len());
+        let mut bytes = 0;
+        let mut rest = events;
+        while !rest.is_empty() {
+            self.open_chunk_room(st);
+            let mut chunk = std::mem::take(&mut st.open_chunk);
+            let (now, later) = rest.split_at(rest.len().min(chunk.limit - chunk.refs.len()));
+            chunk.add_producer(producer);
+            let added = self.store_run(st, producer, now, &mut chunk.refs);
+            chunk.bytes += added;
+            bytes += added;
+            st.open_chunk = chunk;
+            rest = later;
+        }
+        st.waiting += events.len();
+        st.events_in += events.len();
+        st.bytes_in += bytes;
+    }
+
+    /// Copies the payloads of `events` and appends their references to `refs`;
+    /// returns their bytes.
+    fn store_run(&self, st: &mut State, producer: u32, events: &[&[u8]], refs: &mut Vec<EventRef>) -> usize {
         let mut bytes = 0;
         let mut rest = events;
         while let Some(first) = rest.first() {
@@ -212,16 +303,12 @@ impl MemQueue {
             for event in &rest[..fit] {
                 let off = st.open.len() as u32;
                 st.open.extend_from_slice(event);
-                staged.push(EventRef { seg, off, len: event.len() as u32, producer });
+                refs.push(EventRef { seg, off, len: event.len() as u32, producer });
             }
             bytes += st.open.len() - start;
             rest = &rest[fit..];
         }
-        st.waiting.extend(staged.iter());
-        st.events_in += events.len();
-        st.bytes_in += bytes;
-        staged.clear();
-        st.staged = staged;
+        bytes
     }
 
     /// How many of `events`, from the first, fit in the queue now.
@@ -246,7 +333,7 @@ impl MemQueue {
     /// taken, so the wake cannot be lost; notifying after unlocking spares it waking
     /// up to a held lock.
     fn signal_consumers(&self, st: MutexGuard<'_, State>, before: usize) {
-        let after = st.waiting.len();
+        let after = st.waiting;
         let fills_batch = st.blocked_consumers > 0 && before < st.consumer_want && after >= st.consumer_want;
         let wake = fills_batch || (before == 0 && st.deep_sleepers > 0);
         drop(st);
@@ -295,34 +382,85 @@ impl MemQueue {
     /// Takes up to `max` waiting events as a batch. Called under the lock, with
     /// events waiting.
     fn take(&self, st: &mut State, max: usize) -> Batch {
-        let n = max.min(st.waiting.len());
-        if st.waiting[n - 1].seg == st.open_id {
+        let n = max.min(st.waiting);
+        let last_seg = Self::nth_waiting(st, n - 1).seg;
+        if last_seg == st.open_id {
             self.freeze(st, 0);
         }
-        let mut refs = Vec::with_capacity(n);
-        let (front, back) = st.waiting.as_slices();
-        if n <= front.len() {
-            refs.extend_from_slice(&front[..n]);
-        } else {
-            refs.extend_from_slice(front);
-            refs.extend_from_slice(&back[..n - front.len()]);
-        }
-        st.waiting.drain(..n);
-        if !st.waiting.is_empty() {
+        let (refs, bytes, producer) = self.take_refs(st, n);
+        st.waiting -= n;
+        if st.waiting > 0 {
             st.first_waiting_at = Instant::now();
         }
         let seg_base = refs[0].seg;
         let first = seg_base.wrapping_sub(st.frozen_base) as usize;
-        let span = refs[n - 1].seg.wrapping_sub(seg_base) as usize + 1;
+        let span = last_seg.wrapping_sub(seg_base) as usize + 1;
         let segs: Vec<Arc<Segment>> = st.frozen.range(first..first + span).cloned().collect();
-        let oldest_needed = st.waiting.front().map_or(st.open_id, |e| e.seg);
+        let oldest_needed = match st.waiting {
+            0 => st.open_id,
+            _ => Self::nth_waiting(st, 0).seg,
+        };
         for _ in 0..oldest_needed.wrapping_sub(st.frozen_base) {
             st.frozen.pop_front();
         }
         st.frozen_base = oldest_needed;
-        let data = Arc::new(EventsData::new(segs, seg_base, refs));
+        let data = Arc::new(EventsData::new(segs, seg_base, refs, bytes, producer, Some(self.pool.clone())));
         let id = self.tracker.open(data.clone());
         Batch::new(id, Events::new(data, Selection::Range(0..n as u32)), self.tracker.clone())
+    }
+
+    /// The reference of the `i`-th waiting event.
+    fn nth_waiting(st: &State, mut i: usize) -> &EventRef {
+        for c in st.chunks.iter().chain([&st.open_chunk]) {
+            let untaken = c.untaken();
+            if i < untaken.len() {
+                return &untaken[i];
+            }
+            i -= untaken.len();
+        }
+        unreachable!("fewer events wait than counted")
+    }
+
+    /// Removes the first `n` waiting events from the chunks: their references, bytes
+    /// and sole producer. A chunk that is exactly the `n` events is handed over whole.
+    fn take_refs(&self, st: &mut State, n: usize) -> (Vec<EventRef>, usize, Option<u32>) {
+        let front = st.chunks.front().unwrap_or(&st.open_chunk);
+        if front.taken == 0 && front.refs.len() == n {
+            let c = match st.chunks.pop_front() {
+                Some(c) => c,
+                None => {
+                    let limit = st.chunk_events;
+                    let fresh = Chunk { refs: self.pool.take_refs(limit), taken: 0, limit, bytes: 0, producer: None };
+                    std::mem::replace(&mut st.open_chunk, fresh)
+                }
+            };
+            return (c.refs, c.bytes, c.producer);
+        }
+        let mut refs = self.pool.take_refs(n);
+        let (mut bytes, mut producer, mut first) = (0, None, true);
+        while refs.len() < n {
+            let c = match st.chunks.front_mut() {
+                Some(c) => c,
+                None => &mut st.open_chunk,
+            };
+            let part = &c.refs[c.taken..c.refs.len().min(c.taken + n - refs.len())];
+            let part_bytes = if part.len() == c.untaken().len() {
+                c.bytes
+            } else {
+                part.iter().map(|r| r.len as usize).sum()
+            };
+            refs.extend_from_slice(part);
+            c.taken += part.len();
+            c.bytes -= part_bytes;
+            bytes += part_bytes;
+            producer = if first || producer == c.producer { c.producer } else { None };
+            first = false;
+            if c.taken == c.refs.len() && !st.chunks.is_empty() {
+                let c = st.chunks.pop_front().expect("front exists");
+                self.pool.give_back_refs(c.refs);
+            }
+        }
+        (refs, bytes, producer)
     }
 
     fn copy_payload(st: &State, event: &EventRef) -> Vec<u8> {
@@ -352,7 +490,7 @@ impl Queue for MemQueue {
         check_event_len(event.len(), &self.settings)?;
         let st = lock(&self.state);
         let mut st = self.wait_room(st, &producer.state, event.len(), timeout_deadline(timeout))?;
-        let before = st.waiting.len();
+        let before = st.waiting;
         self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
         self.signal_consumers(st, before);
@@ -366,7 +504,7 @@ impl Queue for MemQueue {
         if !self.has_room(&st, event.len()) {
             return Err(Error::Full);
         }
-        let before = st.waiting.len();
+        let before = st.waiting;
         self.push_one(&mut st, producer.key, event);
         self.tracker.accept(&producer.state, 1);
         self.signal_consumers(st, before);
@@ -386,7 +524,7 @@ impl Queue for MemQueue {
                 Err(e) if accepted == 0 => return Err(e),
                 Err(_) => return Ok(accepted),
             };
-            let before = st.waiting.len();
+            let before = st.waiting;
             let next = &events[accepted..events.len().min(accepted + LOCKED_RUN)];
             let run = &next[..self.fitting(&st, next)];
             self.push(&mut st, producer.key, run);
@@ -403,16 +541,25 @@ impl Queue for MemQueue {
         let mut removed = Vec::new();
         if producer.state.options.drop_on_cancel {
             let mut freed_bytes = 0;
-            let mut kept = VecDeque::with_capacity(st.waiting.len());
-            for event in std::mem::take(&mut st.waiting) {
-                if event.producer == producer.key {
-                    removed.push(Self::copy_payload(&st, &event));
-                    freed_bytes += event.len as usize;
-                } else {
-                    kept.push_back(event);
+            let open = std::mem::take(&mut st.open_chunk);
+            for chunk in std::mem::take(&mut st.chunks).into_iter().chain([open]) {
+                let mut kept = Chunk { refs: Vec::new(), taken: 0, limit: chunk.limit, bytes: 0, producer: None };
+                for event in chunk.untaken() {
+                    if event.producer == producer.key {
+                        removed.push(Self::copy_payload(&st, event));
+                        freed_bytes += event.len as usize;
+                    } else {
+                        kept.add_producer(event.producer);
+                        kept.refs.push(*event);
+                        kept.bytes += event.len as usize;
+                    }
                 }
+                if !kept.refs.is_empty() {
+                    st.chunks.push_back(kept);
+                }
+                self.pool.give_back_refs(chunk.refs);
             }
-            st.waiting = kept;
+            st.waiting -= removed.len();
             st.events_in -= removed.len();
             st.bytes_in -= freed_bytes;
         }
@@ -432,6 +579,7 @@ impl Queue for MemQueue {
         let want = max.min(self.settings.flush_min_events.max(1));
         let flush_timeout = self.settings.flush_timeout;
         let mut st = lock(&self.state);
+        st.chunk_events = Self::chunk_size(&self.settings, max);
         // Found empty, a consumer first sleeps one flush timeout without asking
         // producers to wake it at their first event (see `State::deep_sleepers`).
         let mut light_sleep = !flush_timeout.is_zero();
@@ -442,7 +590,7 @@ impl Queue for MemQueue {
             if self.epoch.load(Ordering::Acquire) != epoch {
                 return Ok(None);
             }
-            let avail = st.waiting.len();
+            let avail = st.waiting;
             let mut wake_at = None;
             if avail > 0 {
                 let flush_at = st.first_waiting_at.checked_add(flush_timeout);
@@ -452,7 +600,7 @@ impl Queue for MemQueue {
                     || flush_at.is_some_and(|d| Instant::now() >= d);
                 if due {
                     let batch = self.take(&mut st, max);
-                    let chain = st.blocked_consumers > 0 && !st.waiting.is_empty();
+                    let chain = st.blocked_consumers > 0 && st.waiting > 0;
                     drop(st);
                     if chain {
                         self.not_empty.notify_one();
@@ -487,7 +635,7 @@ impl Queue for MemQueue {
         if st.closed {
             return Err(Error::Closed);
         }
-        if st.waiting.is_empty() {
+        if st.waiting == 0 {
             return Ok(None);
         }
         Ok(Some(self.take(&mut st, max.max(1))))
@@ -509,10 +657,10 @@ impl Queue for MemQueue {
     fn close(&self) -> Option<Batch> {
         let mut st = lock(&self.state);
         st.input_closed = true;
-        let rest = if st.closed || st.waiting.is_empty() {
+        let rest = if st.closed || st.waiting == 0 {
             None
         } else {
-            let n = st.waiting.len();
+            let n = st.waiting;
             Some(self.take(&mut st, n))
         };
         st.closed = true;
@@ -543,7 +691,7 @@ impl Queue for MemQueue {
         QueueStats {
             events,
             bytes,
-            waiting: st.waiting.len(),
+            waiting: st.waiting,
             open_batches: self.tracker.open_batches(),
             capacity_events: self.settings.events,
             capacity_bytes: self.settings.bytes,
