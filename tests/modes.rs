@@ -761,3 +761,38 @@ fn flush_and_close_from_a_callback_are_refused() {
     drop(producer);
     p.close(PATIENCE).unwrap();
 }
+
+#[test]
+fn callbacks_calling_the_pipeline_during_close_do_not_deadlock() {
+    let rec = Recorder::new();
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+    let blocking = Mock::new("a", &rec, Box::new(move |_, ev| {
+        let _ = release_rx.recv();
+        Published::all(ev.len())
+    }));
+    let p = Arc::new(single(fast_config(), blocking));
+    let answers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (a, weak) = (answers.clone(), Arc::downgrade(&p));
+    let producer = p
+        .producer(ProducerOptions {
+            on_ack: Some(Box::new(move |_| {
+                let p = weak.upgrade().unwrap();
+                let made = p.producer(ProducerOptions::default()).err();
+                a.lock().unwrap().push(format!("{made:?} {:?}", p.flush(Duration::from_millis(1)).err()));
+            })),
+            ..Default::default()
+        })
+        .unwrap();
+    producer.publish(b"x", None).unwrap();
+    wait_until("the client holds the batch", || rec.publishes.load(Ordering::SeqCst) == 1);
+    let closer = {
+        let p = p.clone();
+        std::thread::spawn(move || p.close(PATIENCE))
+    };
+    wait_until("close started", || matches!(p.producer(ProducerOptions::default()), Err(Error::Closed)));
+    drop(release_tx);
+    wait_until("close returns", || closer.is_finished());
+    let report = closer.join().unwrap().unwrap();
+    assert_eq!((report.acked, report.dropped), (1, 0));
+    assert_eq!(*answers.lock().unwrap(), ["Some(Closed) Some(Closed)"]);
+}
