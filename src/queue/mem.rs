@@ -346,8 +346,11 @@ impl MemQueue {
         if st.spinning && before < st.spinner_want && after >= st.spinner_want {
             self.spin_signal.0.fetch_add(1, Ordering::Release);
         }
+        // A spinning consumer takes the batch (and keeps the flush timer) itself:
+        // waking a sleeper as well would only have it find nothing.
+        let spinner_covers = st.spinning && st.spinner_want <= st.consumer_want;
         let fills_batch = st.blocked_consumers > 0 && before < st.consumer_want && after >= st.consumer_want;
-        let wake = fills_batch || (before == 0 && st.deep_sleepers > 0);
+        let wake = !spinner_covers && (fills_batch || (before == 0 && st.deep_sleepers > 0));
         drop(st);
         if wake {
             self.not_empty.notify_one();
@@ -670,7 +673,10 @@ impl Queue for MemQueue {
                 if due {
                     st.short_waits = waiting_since.map_or(true, |t| t.elapsed() < SHORT_WAIT);
                     let batch = self.take(&mut st, max);
-                    let chain = st.blocked_consumers > 0 && st.waiting > 0;
+                    // Another consumer is woken for what is left only if that is a
+                    // batch, or if it sleeps without a timer (the flush timer must run).
+                    let chain = st.blocked_consumers > 0
+                        && (st.waiting >= st.consumer_want || (st.waiting > 0 && st.deep_sleepers > 0));
                     drop(st);
                     if chain {
                         self.not_empty.notify_one();
