@@ -86,7 +86,9 @@ struct State {
     /// A consumer spins for `spinner_want` events (at most one spins at a time).
     spinning: bool,
     spinner_want: usize,
-    /// The last batch came soon after a consumer started waiting for it.
+    /// When the last batch was taken, and whether it came within [`SHORT_WAIT`] of
+    /// the one before (by any consumer): batches come often enough to spin for.
+    last_take_at: Instant,
     short_waits: bool,
 }
 
@@ -115,8 +117,8 @@ pub struct MemQueue {
 #[derive(Default)]
 struct SpinSignal(AtomicU64, AtomicBool);
 
-/// How long a consumer spins for its batch before it sleeps, when the previous
-/// batches came within [`SHORT_WAIT`]: a wake-up costs the producer more than a
+/// How long a consumer spins for its batch before it sleeps, when batches are taken
+/// within [`SHORT_WAIT`] of each other: a wake-up costs the producer more than a
 /// batch arriving every few microseconds is worth.
 const SPIN: Duration = Duration::from_micros(30);
 const SHORT_WAIT: Duration = Duration::from_micros(60);
@@ -163,6 +165,7 @@ impl MemQueue {
                     consumer_want: usize::MAX,
                     spinning: false,
                     spinner_want: usize::MAX,
+                    last_take_at: Instant::now(),
                     short_waits: false,
                 }),
                 not_full: Condvar::new(),
@@ -654,7 +657,6 @@ impl Queue for MemQueue {
         // producers to wake it at their first event (see `State::deep_sleepers`).
         let mut light_sleep = !flush_timeout.is_zero();
         let mut may_spin = true;
-        let mut waiting_since: Option<Instant> = None;
         loop {
             if st.closed {
                 return Err(Error::Closed);
@@ -671,7 +673,9 @@ impl Queue for MemQueue {
                     || flush_timeout.is_zero()
                     || flush_at.is_some_and(|d| Instant::now() >= d);
                 if due {
-                    st.short_waits = waiting_since.map_or(true, |t| t.elapsed() < SHORT_WAIT);
+                    let now = Instant::now();
+                    st.short_waits = now.duration_since(st.last_take_at) < SHORT_WAIT;
+                    st.last_take_at = now;
                     let batch = self.take(&mut st, max);
                     // Another consumer is woken for what is left only if that is a
                     // batch, or if it sleeps without a timer (the flush timer must run).
@@ -686,7 +690,6 @@ impl Queue for MemQueue {
                 wake_at = flush_at;
             }
             let now = Instant::now();
-            waiting_since.get_or_insert(now);
             if std::mem::take(&mut may_spin) && st.short_waits && !st.spinning && !st.input_closed {
                 let until = wake_at.map_or(now + SPIN, |d| d.min(now + SPIN));
                 st = self.spin(st, want, until);
