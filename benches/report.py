@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -122,6 +123,8 @@ def commit() -> str:
 
 
 def rate(value: float) -> str:
+    if value >= 1e9:
+        return f"{value / 1e9:.3g} G"
     if value >= 1e6:
         return f"{value / 1e6:.3g} M"
     return f"{value / 1e3:.3g} k"
@@ -155,9 +158,9 @@ def draw(results: List[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    names = [f"{r.scenario}\nvs {r.reference}" for r in results]
+    names = [f"{r.scenario} ({r.suite})\n" + "\n".join(textwrap.wrap(f"vs {r.reference}", 44)) for r in results]
     height = 0.38
-    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.75 * len(results)))
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.8 * len(results)))
     rows = list(range(len(results)))
     ax.barh([y - height / 2 for y in rows], [r.events_per_s for r in results], height, label="conveyor (median)",
             color="#2f6db5")
@@ -169,7 +172,7 @@ def draw(results: List[Result], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("events per second (log scale)")
     values = [v for r in results for v in (r.events_per_s, r.reference_events_per_s)]
-    ax.set_xlim(10 ** math.floor(math.log10(min(values) / 2)), max(values) * 12)
+    ax.set_xlim(10 ** math.floor(math.log10(min(values) / 2)), max(values) * 40)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: rate(v).replace(" ", "\u2009")))
     for y, r in zip(rows, results):
         mark = "met" if r.met else "NOT met"
@@ -177,7 +180,7 @@ def draw(results: List[Result], path: Path) -> None:
                 f"ratio {r.ratio:.2f}, goal {r.goal:g}: {mark}", va="center", fontsize=8,
                 color="#1a7f37" if r.met else "#c62828")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("conveyor benchmarks: each scenario next to its reference, measured in the same run", fontsize=10)
+    ax.set_title("Each scenario next to its reference, measured in the same run", fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
