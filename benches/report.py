@@ -12,8 +12,8 @@ reference_events_per_s; `ratio_min`/`ratio_max` are optional). This script reads
 the suites named on the command line, in that order, and writes `results.md` (the
 machine, the date and a table) and `throughput.png` (events/s of each scenario next
 to its reference's, log scale) into the results directory. With `--update-doc`, it
-also puts the table into the marked section of BENCHMARKS.md and copies the chart
-next to it.
+instead puts that report, as written after the run (machine, date and commit of the
+run), into the marked section of BENCHMARKS.md and copies the chart into benches/.
 """
 
 from __future__ import annotations
@@ -198,10 +198,22 @@ def update_doc(doc: Path, text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("build/bench"), help="the suites' results directory")
-    parser.add_argument("--update-doc", type=Path, help="also write the table and chart into this markdown file")
-    parser.add_argument("suites", nargs="+", help="suite names in report order (rust python go ...)")
+    parser.add_argument("--update-doc", type=Path, help="copy the last report and chart into this markdown file")
+    parser.add_argument("suites", nargs="*", help="suite names in report order (rust python go ...)")
     args = parser.parse_args()
 
+    if args.update_doc:
+        report, chart = args.results / "results.md", args.results / "throughput.png"
+        if not report.exists() or not chart.exists():
+            sys.exit(f"no report in {args.results}: run make bench (or make bench-chart) first")
+        doc_chart = Path("benches") / chart.name
+        shutil.copyfile(chart, doc_chart)
+        update_doc(args.update_doc, report.read_text().replace(f"]({chart.name})", f"]({doc_chart})"))
+        print(f"report: wrote {report} into {args.update_doc}, and {doc_chart}")
+        return 0
+
+    if not args.suites:
+        parser.error("name the suites to report")
     results, missing = load(args.results, args.suites)
     if not results:
         sys.exit(f"no results in {args.results} for {', '.join(args.suites)}")
@@ -210,11 +222,6 @@ def main() -> int:
     (args.results / "results.md").write_text(table(results, missing, chart.name))
     print(table(results, missing, None), end="")
     print(f"report: {args.results / 'results.md'}, chart: {chart}")
-    if args.update_doc:
-        doc_chart = Path("benches") / chart.name
-        shutil.copyfile(chart, doc_chart)
-        update_doc(args.update_doc, table(results, missing, str(doc_chart)))
-        print(f"report: updated {args.update_doc} and {doc_chart}")
     return 0
 
 
