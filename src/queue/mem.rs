@@ -857,6 +857,51 @@ mod tests {
         assert_eq!(q.stats().events, 0);
     }
 
+    /// Whole chunks handed over and runs copied across chunks and segments carry the
+    /// right events, byte totals and sole producers.
+    #[test]
+    fn taken_batches_match_their_events_whole_chunks_or_not() {
+        // Chunks of 64 (the batch size consumers wait for): some takes below cover
+        // exactly one chunk, others span two or part of one.
+        let settings = QueueSettings { events: 100_000, flush_min_events: 64, ..QueueSettings::default() };
+        let q = MemQueue::new(settings, None).unwrap();
+        let (a, b) = (
+            Producer::new(q.clone(), ProducerOptions::default()).unwrap(),
+            Producer::new(q.clone(), ProducerOptions::default()).unwrap(),
+        );
+        let event = |n: usize| -> Vec<u8> { vec![(n % 251) as u8; 40 + n % 3000] };
+        let mut expected = std::collections::VecDeque::new();
+        let mut n = 0;
+        for round in 0..40 {
+            let (producer, key) = if round % 3 == 2 { (&b, b.key.key) } else { (&a, a.key.key) };
+            let events: Vec<Vec<u8>> = (0..[64, 1, 100, 27][round % 4]).map(|i| event(n + i)).collect();
+            n += events.len();
+            if round % 4 == 1 {
+                producer.publish(&events[0], None).unwrap();
+            } else {
+                let views: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+                assert_eq!(producer.publish_batch(&views, None).unwrap(), views.len());
+            }
+            expected.extend(events.into_iter().map(|e| (key, e)));
+            while expected.len() >= 64 || (round == 39 && !expected.is_empty()) {
+                let batch = q.get(if round % 2 == 0 { 64 } else { 50 }).unwrap().expect("events wait");
+                let want: Vec<(u32, Vec<u8>)> = expected.drain(..batch.len()).collect();
+                let data = &batch.events().data;
+                assert_eq!(batch.events().to_vec(), want.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
+                assert_eq!(data.bytes, want.iter().map(|(_, e)| e.len()).sum::<usize>());
+                let producers: Vec<u32> = data.refs.iter().map(|r| r.producer).collect();
+                assert_eq!(producers, want.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+                if let Some(p) = data.sole_producer {
+                    assert!(producers.iter().all(|&q| q == p), "sole producer {p} of {producers:?}");
+                }
+                batch.ack().unwrap();
+            }
+        }
+        q.flush(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!((q.stats().events, q.stats().bytes), (0, 0));
+        assert_eq!(a.counts().acked + b.counts().acked, n as u64);
+    }
+
     #[test]
     fn a_batch_with_an_event_that_can_never_fit_is_refused_whole() {
         let q = MemQueue::new(QueueSettings { bytes: 100, ..QueueSettings::default() }, None).unwrap();
