@@ -902,6 +902,37 @@ mod tests {
         assert_eq!(a.counts().acked + b.counts().acked, n as u64);
     }
 
+    /// A consumer blocked on an empty queue gets a partial batch one flush timeout
+    /// after its first event: right after it went to sleep (its first, timed sleep:
+    /// nobody wakes it) and after a long idle spell (it sleeps without a timer then,
+    /// and the first event must wake it).
+    #[test]
+    fn a_blocked_consumer_gets_a_partial_batch_one_flush_timeout_after_the_first_event() {
+        let timeout = Duration::from_millis(40);
+        let settings = QueueSettings { events: 64, flush_min_events: 10, flush_timeout: timeout, ..QueueSettings::default() };
+        let q = MemQueue::new(settings, None).unwrap();
+        let p = Producer::new(q.clone(), ProducerOptions::default()).unwrap();
+        for idle in [Duration::ZERO, timeout * 3] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let consumer = {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let batch = q.get(10).unwrap().expect("a batch");
+                    tx.send((Instant::now(), batch.len())).unwrap();
+                    batch.ack().unwrap();
+                })
+            };
+            // The scenario: how long the consumer has been waiting when the event comes.
+            std::thread::sleep(idle);
+            let published = Instant::now();
+            p.publish(b"e", None).unwrap();
+            let (served, len) = rx.recv_timeout(Duration::from_secs(20)).expect("the batch was served");
+            assert_eq!(len, 1);
+            assert!(served - published >= timeout - Duration::from_millis(5), "served before the flush timeout");
+            consumer.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_batch_with_an_event_that_can_never_fit_is_refused_whole() {
         let q = MemQueue::new(QueueSettings { bytes: 100, ..QueueSettings::default() }, None).unwrap();
