@@ -3,15 +3,15 @@
 //! One mutex guards the waiting events and the segment being written. Payloads are
 //! copied once into shared segments; each waiting event is a reference kept in
 //! chunks sized like the batches consumers take, so a batch is usually a chunk handed
-//! over as it is (see [`Chunk`]).
+//! over as it is (see `Chunk`).
 //!
 //! Wake-ups are per batch, never per event: a consumer is woken when a batch can form
 //! (`flush.min_events` reached, or the first event arrived and its flush timer must
 //! start); while batches come every few microseconds, one consumer spins for the next
-//! one instead of sleeping (see [`SPIN`]). Blocked producers are woken only when
+//! one instead of sleeping (see `SPIN`). Blocked producers are woken only when
 //! capacity comes back; settled capacity comes back through atomic counters, so
 //! releasing a batch takes the lock only when a producer waits for room, and
-//! `publish_batch` copies at most [`LOCKED_RUN`] events per lock hold, so a consumer
+//! `publish_batch` copies at most `LOCKED_RUN` events per lock hold, so a consumer
 //! never waits long for the lock.
 
 use std::collections::VecDeque;
