@@ -38,6 +38,11 @@ struct Buffer {
     closed: bool,
     deadline: Option<Instant>,
     worker_done: bool,
+    /// The worker sleeps waiting for an event: only then does a write wake it, so a
+    /// busy queue costs no wake-up per event.
+    worker_waiting: bool,
+    /// Writers blocked on a full buffer (`Overflow::Block`).
+    writers_waiting: usize,
 }
 
 struct Shared {
@@ -57,7 +62,10 @@ impl Shared {
         let Some(len) = b.lens.pop_front() else { return false };
         into.clear();
         into.extend(b.bytes.drain(..len));
-        self.not_full.notify_one();
+        // Blocked writers wake once half the buffer is free, not once per event.
+        if b.writers_waiting > 0 && b.lens.len() <= self.capacity / 2 {
+            self.not_full.notify_all();
+        }
         true
     }
 
@@ -91,7 +99,9 @@ impl Shared {
                         self.done.notify_all();
                         return;
                     }
+                    b.worker_waiting = true;
                     b = self.not_empty.wait(b).unwrap_or_else(|e| e.into_inner());
+                    b.worker_waiting = false;
                 }
             }
             match self.dst.write(&event) {
@@ -148,7 +158,7 @@ impl QueueSink {
             dst,
             capacity: capacity.max(1),
             overflow,
-            buffer: Mutex::new(Buffer { bytes: VecDeque::new(), lens: VecDeque::new(), closed: false, deadline: None, worker_done: false }),
+            buffer: Mutex::new(Buffer { bytes: VecDeque::new(), lens: VecDeque::new(), closed: false, deadline: None, worker_done: false, worker_waiting: false, writers_waiting: 0 }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
             done: Condvar::new(),
@@ -218,7 +228,11 @@ impl Sink for QueueSink {
                 break;
             }
             match s.overflow {
-                Overflow::Block => b = s.not_full.wait(b).unwrap_or_else(|e| e.into_inner()),
+                Overflow::Block => {
+                    b.writers_waiting += 1;
+                    b = s.not_full.wait(b).unwrap_or_else(|e| e.into_inner());
+                    b.writers_waiting -= 1;
+                }
                 Overflow::DropNewest => {
                     drop(b);
                     s.report_drop(&[event]);
@@ -237,7 +251,9 @@ impl Sink for QueueSink {
         b.bytes.extend(event);
         b.lens.push_back(event.len());
         Counters::bump(&s.counters.written, 1);
-        s.not_empty.notify_one();
+        if b.worker_waiting {
+            s.not_empty.notify_one();
+        }
         Ok(())
     }
 
