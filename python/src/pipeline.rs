@@ -254,7 +254,7 @@ impl PyPipeline {
         let (client, sink) = client_or_sink(client, &self.shared.bridge)?;
         let node = &self.shared.node;
         let linked = match &sink {
-            Some(to) => node.link(py, to, "serving this sink as a client of the pipeline")?,
+            Some(to) => node.link(to, "serving this sink as a client of the pipeline").py(py)?,
             None => false,
         };
         let shared = self.shared.clone();

@@ -9,7 +9,7 @@
 //! conveyor's threads while holding their own locks, so no attached thread may wait
 //! for those locks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 use pyo3::PyClassInitializer;
 
 use crate::bridge::{detached, log_exception, Bridge};
-use crate::errors::{to_py, CLOSED, FULL, INVALID_ARGUMENT, TIMEOUT};
+use crate::errors::{to_py, IntoPyResult, CLOSED, FULL, INVALID_ARGUMENT, TIMEOUT};
 use crate::pipeline::{json_loads, payload};
 
 /// Longest detached wait of a blocking `recv` between two signal checks.
@@ -74,62 +74,8 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 
 // ---------------------------------------------------------------- the write graph
 
-/// A node of the graph of who writes into whom: a native sink, with edges to the sinks
-/// it writes to, or a pipeline, with edges to the sinks serving as its clients. Sinks
-/// written in Python are leaves (conveyor cannot see where they write) and have none.
-///
-/// Edges are only added through [`Node::link`], which refuses one closing a cycle (a
-/// broadcaster added to itself would recurse until the stack overflows; a pipeline's
-/// sink serving that pipeline would feed it its own output). Members a broadcaster drops
-/// on its own keep their edge: the check only errs on the side of refusing.
-pub(crate) struct Node {
-    edges: Mutex<Vec<Arc<Node>>>,
-}
-
-/// Serializes graph changes, so that two links made at once cannot close a cycle unseen.
-static GRAPH: Mutex<()> = Mutex::new(());
-
-impl Node {
-    pub(crate) fn new(edges: impl IntoIterator<Item = Arc<Node>>) -> Arc<Node> {
-        let mut seen = HashSet::new();
-        let edges = edges.into_iter().filter(|n| seen.insert(Arc::as_ptr(n))).collect();
-        Arc::new(Node { edges: Mutex::new(edges) })
-    }
-
-    /// Records that `self` writes into `to`, unless `to` already writes into `self`;
-    /// returns whether the edge is new.
-    pub(crate) fn link(self: &Arc<Node>, py: Python<'_>, to: &Arc<Node>, what: &str) -> PyResult<bool> {
-        let _graph = lock(&GRAPH);
-        if to.reaches(self) {
-            return Err(INVALID_ARGUMENT.err(py, format!("{what} would make a sink write into itself (a cycle)")));
-        }
-        let mut edges = lock(&self.edges);
-        if edges.iter().any(|e| Arc::ptr_eq(e, to)) {
-            return Ok(false);
-        }
-        edges.push(to.clone());
-        Ok(true)
-    }
-
-    pub(crate) fn unlink(&self, to: &Arc<Node>) {
-        let _graph = lock(&GRAPH);
-        lock(&self.edges).retain(|e| !Arc::ptr_eq(e, to));
-    }
-
-    fn reaches(self: &Arc<Node>, target: &Arc<Node>) -> bool {
-        let mut seen = HashSet::new();
-        let mut todo = vec![self.clone()];
-        while let Some(node) = todo.pop() {
-            if Arc::ptr_eq(&node, target) {
-                return true;
-            }
-            if seen.insert(Arc::as_ptr(&node)) {
-                todo.extend(lock(&node.edges).iter().cloned());
-            }
-        }
-        false
-    }
-}
+/// Who writes into whom (sinks and pipelines); refuses links that close a cycle.
+pub(crate) type Node = conveyor::sink::WriteNode;
 
 // ---------------------------------------------------------------- sinks from Python objects
 
@@ -348,7 +294,7 @@ impl PyBroadcaster {
         let member = required_sink(sink, "a member")?;
         let node = &slf.as_super().get().node;
         let linked = match &member.node {
-            Some(to) => node.link(py, to, "adding this member")?,
+            Some(to) => node.link(to, "adding this member").py(py)?,
             None => false,
         };
         let broadcaster = slf.get().broadcaster.get();

@@ -81,7 +81,7 @@ pub unsafe extern "C" fn conveyor_pipeline_new(
             ConfigClient::Sink(_, node) => Some(node.clone()),
             ConfigClient::Foreign(_) => None,
         });
-        let graph = Node::new(sinks.collect());
+        let graph = Node::new(sinks);
         c.clients.clear();
         let log = c.log.clone();
         // SAFETY: the config came from conveyor_config_new and the caller gave it up on

@@ -8,7 +8,7 @@
 //! whom, so that a membership that would make a sink write into itself is refused
 //! instead of recursing until the stack overflows or feeding a pipeline its own output.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,64 +34,8 @@ use crate::sink::{
 
 // ---------------------------------------------------------------- the write graph
 
-/// A node of the graph of who writes into whom: a sink, with edges to the sinks it
-/// writes to, or a pipeline, with edges to the sinks serving as its clients.
-///
-/// Edges are only ever added through [`Node::link`], which refuses an edge closing a
-/// cycle. Members a broadcaster drops on its own (they reported closed) and sink
-/// clients removed from a pipeline keep their edge: the check only errs on the side of
-/// refusing.
-pub(crate) struct Node {
-    edges: Mutex<Vec<Arc<Node>>>,
-}
-
-/// Serializes graph changes, so that two links made at once cannot close a cycle unseen.
-static GRAPH: Mutex<()> = Mutex::new(());
-
-impl Node {
-    /// A node writing into `edges` (a new node has no incoming edge: no cycle possible).
-    pub(crate) fn new(mut edges: Vec<Arc<Node>>) -> Arc<Node> {
-        let mut seen = HashSet::new();
-        edges.retain(|n| seen.insert(Arc::as_ptr(n)));
-        Arc::new(Node { edges: Mutex::new(edges) })
-    }
-
-    /// Records that `self` writes into `to`; refused when `to` already writes into
-    /// `self`, directly or through other sinks and pipelines. Returns whether the edge
-    /// is new (so that a caller failing afterwards undoes only what it added).
-    pub(crate) fn link(self: &Arc<Node>, to: &Arc<Node>, what: &str) -> FfiResult<bool> {
-        let _graph = lock(&GRAPH);
-        if to.reaches(self) {
-            return Err(Failure::invalid(format!("{what} would make a sink write into itself (a cycle)")));
-        }
-        let mut edges = lock(&self.edges);
-        if edges.iter().any(|e| Arc::ptr_eq(e, to)) {
-            return Ok(false);
-        }
-        edges.push(to.clone());
-        Ok(true)
-    }
-
-    /// Forgets the edge from `self` to `to`, if any.
-    pub(crate) fn unlink(&self, to: &Arc<Node>) {
-        let _graph = lock(&GRAPH);
-        lock(&self.edges).retain(|e| !Arc::ptr_eq(e, to));
-    }
-
-    fn reaches(self: &Arc<Node>, target: &Arc<Node>) -> bool {
-        let mut seen = HashSet::new();
-        let mut todo = vec![self.clone()];
-        while let Some(node) = todo.pop() {
-            if Arc::ptr_eq(&node, target) {
-                return true;
-            }
-            if seen.insert(Arc::as_ptr(&node)) {
-                todo.extend(lock(&node.edges).iter().cloned());
-            }
-        }
-        false
-    }
-}
+/// Who writes into whom (sinks and pipelines); refuses links that close a cycle.
+pub(crate) type Node = crate::sink::WriteNode;
 
 // ---------------------------------------------------------------- handles
 

@@ -12,6 +12,7 @@ mod adapt;
 mod broadcast;
 mod channel;
 mod filter;
+mod graph;
 mod queue;
 mod retry;
 
@@ -21,6 +22,7 @@ pub use adapt::{PipelineSink, SinkClient};
 pub use broadcast::Broadcaster;
 pub use channel::ChannelSink;
 pub use filter::Filter;
+pub use graph::WriteNode;
 pub use queue::{Overflow, QueueSink, QueueSinkClose};
 pub use retry::{RetryingSink, SinkBreaker, SinkExponentialBackoff, SinkRetryStrategy};
 
