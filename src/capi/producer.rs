@@ -265,16 +265,16 @@ pub unsafe extern "C" fn conveyor_producer_publish_batch(
         }
         // SAFETY: `events` points to `n` readable views (header contract).
         let views = unsafe { std::slice::from_raw_parts(events, n) };
-        let slices = views
+        // Checked in a pass of its own so that the copy below has no failure path.
+        if let Some(i) = views.iter().position(|v| v.data.is_null() && v.len != 0) {
+            return Err(Failure::null(&format!("events[{i}].data")));
+        }
+        let slices: Vec<&[u8]> = views
             .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                // SAFETY: each view's `data` holds `len` readable bytes or is NULL (contract).
-                let view = unsafe { bytes_view(v.data, v.len) };
-                // The name is formatted only for the error: this runs once per event.
-                view.ok_or_else(|| Failure::null(&format!("events[{i}].data")))
-            })
-            .collect::<FfiResult<Vec<&[u8]>>>()?;
+            // SAFETY: each view's `data` holds `len` readable bytes (contract) and is
+            // non-NULL unless `len` is 0 (checked above).
+            .map(|v| unsafe { bytes_view(v.data, v.len) }.unwrap_or_default())
+            .collect();
         *accepted = p.inner.publish_batch(&slices, timeout_arg(timeout_ms))?;
         Ok(())
     })
