@@ -30,7 +30,7 @@ pub use pipeline::*;
 pub use producer::*;
 pub use sink::*;
 pub use types::*;
-pub use vtable::conveyor_completion_done;
+pub use vtable::{conveyor_completion_done, foreign_client};
 
 #[cfg(test)]
 mod tests {

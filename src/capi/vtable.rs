@@ -101,6 +101,26 @@ fn check_vtable(v: &conveyor_client_vtable) -> FfiResult {
     Ok(())
 }
 
+/// A protocol client written in C, for a pipeline built with the Rust API: a Rust
+/// program that loads its clients from a C library registers them with this, through
+/// the same adapter the C ABI's own pipelines use.
+///
+/// The vtable is validated as conveyor_config_add_client() validates it (`struct_size`,
+/// a publish function). On success conveyor owns `userdata`: `free_userdata` runs once,
+/// when the pipeline drops the client; on error the caller keeps it. `log` receives
+/// what the adapter reports about the client (e.g. a callback returning a status
+/// outside CONVEYOR_PUBLISH_*, which fails that batch); `None` discards it.
+///
+/// # Safety
+/// `vtable`'s callbacks and userdata honour the thread and lifetime contract of
+/// `conveyor_client_vtable` (include/conveyor.h) for as long as the client lives.
+pub unsafe fn foreign_client(vtable: &conveyor_client_vtable, log: Option<LogFn>) -> crate::Result<AnyClient> {
+    // SAFETY: a reference to a whole struct of the current size.
+    let vt = unsafe { read_vtable(vtable) }.map_err(|f| crate::Error::InvalidArgument(f.message))?;
+    let log = LogCell(Arc::new(RwLock::new(log.map(Logger::new).unwrap_or_default())));
+    Ok(ForeignClient::any(vt, None, log))
+}
+
 /// Calls the vtable's `free_userdata`, if any.
 pub(crate) fn free_userdata(vt: &conveyor_client_vtable) {
     if let Some(free) = vt.free_userdata {
