@@ -846,6 +846,22 @@ conveyor_result conveyor_producer_publish_batch(struct conveyor_producer *p,
                                                 size_t *accepted);
 
 /**
+ * Publishes `n` events laid end to end in `data` (`data_len` bytes): event `i` is the
+ * next `lens[i]` bytes. As conveyor_producer_publish_batch() otherwise (the copy, the
+ * wait, `*accepted`, a partial batch), but whole runs of events are copied at once: the
+ * fastest way to publish many small events. `data` may be NULL only when `data_len` is
+ * 0, `lens` only when `n` is 0. The lengths must add up to `data_len`
+ * (CONVEYOR_ERR_INVALID_ARGUMENT otherwise, nothing accepted).
+ */
+conveyor_result conveyor_producer_publish_packed(struct conveyor_producer *p,
+                                                 const uint8_t *data,
+                                                 size_t data_len,
+                                                 const uint32_t *lens,
+                                                 size_t n,
+                                                 uint64_t timeout_ms,
+                                                 size_t *accepted);
+
+/**
  * Cancels the producer: later publishes fail with CONVEYOR_ERR_CANCELLED. With
  * `drop_on_cancel`, its events no client has taken yet are removed and reported
  * through on_drop; `*removed` (may be NULL) receives how many. Events already taken

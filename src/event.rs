@@ -31,6 +31,68 @@ const SEGMENT_RING: usize = 8;
 /// with 1024-event batches).
 const REFS_RING: usize = 32;
 
+/// Events laid end to end in one buffer, as framed records arrive from a file or a
+/// socket, or as a binding gathers them: event `i` is the next `lens[i]` bytes of
+/// `data`. Publishing them ([`crate::Producer::publish_packed`]) copies whole runs of
+/// events at once instead of one event at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct Packed<'a> {
+    data: &'a [u8],
+    lens: &'a [u32],
+}
+
+impl<'a> Packed<'a> {
+    /// The events of `data` cut at `lens`; [`crate::Error::InvalidArgument`] unless the
+    /// lengths add up to `data.len()`.
+    pub fn new(data: &'a [u8], lens: &'a [u32]) -> crate::Result<Packed<'a>> {
+        let total: u64 = lens.iter().map(|&n| u64::from(n)).sum();
+        if total != data.len() as u64 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the event lengths add up to {total} bytes, the buffer holds {}",
+                data.len()
+            )));
+        }
+        Ok(Packed { data, lens })
+    }
+
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// The events in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
+        let mut rest = self.data;
+        self.lens.iter().map(move |&n| {
+            let (event, after) = rest.split_at(n as usize);
+            rest = after;
+            event
+        })
+    }
+
+    /// The payload bytes of all events.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The event lengths.
+    pub fn lens(&self) -> &'a [u32] {
+        self.lens
+    }
+
+    /// The first `n` events, and the rest.
+    pub fn split_at(&self, n: usize) -> (Packed<'a>, Packed<'a>) {
+        let (head, tail) = self.lens.split_at(n);
+        let bytes = head.iter().map(|&n| n as usize).sum();
+        let (front, back) = self.data.split_at(bytes);
+        (Packed { data: front, lens: head }, Packed { data: back, lens: tail })
+    }
+}
+
 /// A pool of segment buffers and event reference lists shared by one queue.
 #[derive(Default)]
 pub(crate) struct SegmentPool {

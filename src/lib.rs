@@ -46,7 +46,7 @@ pub mod stats;
 pub use client::{AnyClient, AsyncClient, Client, ClientFactory, Completion, ConnectError, Published, Status};
 pub use config::{Config, FailoverPolicy, Mode};
 pub use error::{Error, ErrorKind, Result};
-pub use event::Events;
+pub use event::{Events, Packed};
 pub use log::{Level, LogFn, Logger};
 pub use pipeline::{CloseReport, Pipeline, PipelineBuilder};
 pub use queue::{AckCallback, Batch, DropCallback, Producer, ProducerCounts, ProducerOptions, Queue, QueueSettings, QueueStats};

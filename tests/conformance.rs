@@ -95,6 +95,11 @@ fn conformance_byte_bound() {
 }
 
 #[test]
+fn conformance_packed_events() {
+    for_each_type(|_, make| conformance::packed_events(make));
+}
+
+#[test]
 fn conformance_outcomes_in_publish_order() {
     for_each_type(|_, make| conformance::outcomes_in_publish_order(make));
 }

@@ -502,6 +502,17 @@ class Producer {
     return accepted;
   }
 
+  /// Publishes events laid end to end in `data` (event i is the next `lens[i]` bytes),
+  /// copying whole runs at once; returns how many leading ones were accepted.
+  std::size_t publish_packed(std::string_view data, const std::vector<std::uint32_t> &lens,
+                             Millis timeout = forever) {
+    std::size_t accepted = 0;
+    detail::check(conveyor_producer_publish_packed(raw_, reinterpret_cast<const uint8_t *>(data.data()),
+                                                   data.size(), lens.data(), lens.size(),
+                                                   detail::to_ms(timeout), &accepted));
+    return accepted;
+  }
+
   /// Cancels the producer; returns how many untaken events it removed.
   std::size_t cancel() {
     std::size_t removed = 0;

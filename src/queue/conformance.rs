@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use super::{Producer, ProducerOptions, Queue, QueueSettings};
 use crate::error::Error;
+use crate::event::Packed;
 
 /// Builds a queue of the type under test.
 pub type QueueMaker<'a> = &'a (dyn Fn(QueueSettings) -> Arc<dyn Queue> + Sync);
@@ -175,12 +176,29 @@ pub fn producer_consumer(make: QueueMaker, case: Case, seed: u64, flush: bool) {
         });
         ack_counters.push((with_ack, acked));
         let producer = Producer::new(queue.clone(), ProducerOptions { on_ack, ..Default::default() }).unwrap();
-        let (events, ctx) = (sizes.events, ctx.clone());
+        let (events, batch, ctx) = (sizes.events, sizes.batch, ctx.clone());
+        let mut rng = SmallRng::seed_from_u64(seed ^ (p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         producers.push(thread::spawn(move || {
-            for i in 0..events {
-                producer
-                    .publish(&encode(p as u8, i as u32), Some(PATIENCE))
-                    .unwrap_or_else(|e| panic!("{ctx}: publish {i} failed: {e}"));
+            // Runs of events through each way in: one by one, publish_batch, publish_packed.
+            let mut i = 0;
+            while i < events {
+                let run: Vec<[u8; 5]> =
+                    (i..events.min(i + rng.gen_range(1..=2 * batch))).map(|i| encode(p as u8, i as u32)).collect();
+                let way = rng.gen_range(0..3);
+                let mut done = 0;
+                while done < run.len() {
+                    let rest = &run[done..];
+                    let accepted = match way {
+                        0 => producer.publish(&rest[0], Some(PATIENCE)).map(|()| 1),
+                        1 => producer.publish_batch(&rest.iter().map(|e| &e[..]).collect::<Vec<_>>(), Some(PATIENCE)),
+                        _ => producer.publish_packed(
+                            Packed::new(&rest.concat(), &vec![5; rest.len()]).expect("lengths add up"),
+                            Some(PATIENCE),
+                        ),
+                    };
+                    done += accepted.unwrap_or_else(|e| panic!("{ctx}: publish {} (way {way}) failed: {e}", i + done));
+                }
+                i += run.len();
             }
             producer
         }));
@@ -451,6 +469,38 @@ pub fn byte_bound(make: QueueMaker) {
     assert_eq!(accepted, Err(Error::Timeout));
     queue.get(3).unwrap().expect("a batch").ack().unwrap();
     assert_eq!(p.publish_batch(&[&event[..]; 5], Some(Duration::from_millis(1))), Ok(3), "a prefix fits");
+}
+
+/// `publish_packed` carries events of any size (empty ones, ones larger than a
+/// segment's remaining room), keeps the byte bound with a fitting prefix, and refuses
+/// lengths that do not add up to the buffer or an event that can never fit.
+pub fn packed_events(make: QueueMaker) {
+    let queue = make(QueueSettings { events: 64, bytes: 600_000, ..QueueSettings::default() });
+    let p = Producer::new(queue.clone(), ProducerOptions::default()).unwrap();
+    let sizes = [0usize, 1, 100, 0, 200_000, 3, 150_000, 7];
+    let events: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+    let data = events.concat();
+    let lens: Vec<u32> = sizes.iter().map(|&n| n as u32).collect();
+    assert!(matches!(Packed::new(&data, &lens[..lens.len() - 1]), Err(Error::InvalidArgument(_))), "lengths must add up");
+    assert_eq!(p.publish_packed(Packed::new(&data, &lens).unwrap(), Some(PATIENCE)), Ok(sizes.len()));
+    let mut got = Vec::new();
+    while got.len() < sizes.len() {
+        let batch = queue.get(64).unwrap().expect("a batch");
+        got.extend(batch.events().iter().map(<[u8]>::to_vec));
+        batch.ack().unwrap();
+    }
+    assert_eq!(got, events, "every event, in order, byte for byte");
+
+    let big = vec![9u8; 250_000];
+    let three = [&big[..], &big[..], &big[..]].concat();
+    let accepted = p.publish_packed(Packed::new(&three, &[250_000; 3]).unwrap(), Some(Duration::from_millis(1)));
+    assert_eq!(accepted, Ok(2), "the prefix within queue.bytes");
+    let too_big = vec![0u8; 600_001];
+    assert!(matches!(
+        p.publish_packed(Packed::new(&too_big, &[600_001]).unwrap(), None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(p.publish_packed(Packed::new(&[], &[]).unwrap(), None), Ok(0));
 }
 
 /// A partly delivered batch: each producer hears its ACKs and drops in publish order.

@@ -23,7 +23,7 @@ use super::ack::lock;
 use super::{check_event_len, timeout_deadline, AckTracker, Batch, ProducerCounts, ProducerKey};
 use super::{ProducerOptions, Queue, QueueSettings, QueueStats};
 use crate::error::{Error, Result};
-use crate::event::{EventRef, Events, EventsData, Segment, SegmentPool, Selection};
+use crate::event::{EventRef, Events, EventsData, Packed, Segment, SegmentPool, Selection};
 use crate::queue::ack::ProducerState;
 
 /// A run of waiting events, in order. A consumer whose take covers exactly its
@@ -290,16 +290,16 @@ impl MemQueue {
     /// Stores `events` (the caller checked room and state) and counts them: payloads
     /// are copied run by run (the longest run that fits the open segment), their
     /// references appended to the last chunk (then to new ones).
-    fn push(&self, st: &mut State, producer: u32, events: &[&[u8]]) {
-        if st.waiting == 0 && !events.is_empty() {
+    fn push<R: EventRun>(&self, st: &mut State, producer: u32, events: R) {
+        if st.waiting == 0 && events.count() > 0 {
             st.first_waiting_at = Instant::now();
         }
         let mut bytes = 0;
         let mut rest = events;
-        while !rest.is_empty() {
+        while rest.count() > 0 {
             self.open_chunk_room(st);
             let mut chunk = std::mem::take(&mut st.open_chunk);
-            let (now, later) = rest.split_at(rest.len().min(chunk.limit - chunk.refs.len()));
+            let (now, later) = rest.split_at(rest.count().min(chunk.limit - chunk.refs.len()));
             chunk.add_producer(producer);
             let added = self.store_run(st, producer, now, &mut chunk.refs);
             chunk.bytes += added;
@@ -307,42 +307,72 @@ impl MemQueue {
             st.open_chunk = chunk;
             rest = later;
         }
-        st.waiting += events.len();
-        st.events_in += events.len();
+        st.waiting += events.count();
+        st.events_in += events.count();
         st.bytes_in += bytes;
     }
 
     /// Copies the payloads of `events` and appends their references to `refs`;
     /// returns their bytes.
-    fn store_run(&self, st: &mut State, producer: u32, events: &[&[u8]], refs: &mut Vec<EventRef>) -> usize {
+    fn store_run<R: EventRun>(&self, st: &mut State, producer: u32, events: R, refs: &mut Vec<EventRef>) -> usize {
         let mut bytes = 0;
         let mut rest = events;
-        while !rest.is_empty() {
+        while rest.count() > 0 {
             let start = st.open.len();
-            let stored = copy_fitting(&mut st.open, refs, st.open_id, producer, rest);
+            let stored = rest.copy_fitting(&mut st.open, refs, st.open_id, producer);
             bytes += st.open.len() - start;
-            if stored < rest.len() {
-                self.freeze(st, rest[stored].len());
+            if stored < rest.count() {
+                self.freeze(st, rest.event_len(stored));
             }
-            rest = &rest[stored..];
+            rest = rest.split_at(stored).1;
         }
         bytes
     }
 
     /// How many of `events`, from the first, fit in the queue now.
-    fn fitting(&self, st: &State, events: &[&[u8]]) -> usize {
+    fn fitting<R: EventRun>(&self, st: &State, events: R) -> usize {
         let (queued, mut bytes) = self.occupancy(st);
-        let n = events.len().min(self.settings.events.saturating_sub(queued));
+        let n = events.count().min(self.settings.events.saturating_sub(queued));
         if self.settings.bytes == 0 {
             return n;
         }
-        events[..n]
-            .iter()
-            .position(|e| {
-                bytes += e.len();
+        (0..n)
+            .position(|i| {
+                bytes += events.event_len(i);
                 bytes > self.settings.bytes
             })
             .unwrap_or(n)
+    }
+
+    /// `publish_batch` and `publish_packed`: runs of at most [`LOCKED_RUN`] events
+    /// per lock hold, each as many as fit now.
+    fn publish_run<R: EventRun>(&self, producer: &ProducerKey, events: R, timeout: Option<Duration>) -> Result<usize> {
+        if check_event_len(events.longest(), &self.settings).is_err() {
+            let first_bad = (0..events.count()).map(|i| events.event_len(i));
+            for len in first_bad {
+                check_event_len(len, &self.settings)?;
+            }
+        }
+        let deadline = timeout_deadline(timeout);
+        let mut accepted = 0;
+        let mut rest = events;
+        while rest.count() > 0 {
+            let st = lock(&self.state);
+            let mut st = match self.wait_room(st, &producer.state, rest.event_len(0), deadline) {
+                Ok(g) => g,
+                Err(e) if accepted == 0 => return Err(e),
+                Err(_) => return Ok(accepted),
+            };
+            let before = st.waiting;
+            let next = rest.split_at(rest.count().min(LOCKED_RUN)).0;
+            let run = next.split_at(self.fitting(&st, next)).0;
+            self.push(&mut st, producer.key, run);
+            accepted += run.count();
+            self.tracker.accept(&producer.state, run.count() as u64);
+            self.signal_consumers(st, before);
+            rest = rest.split_at(run.count()).1;
+        }
+        Ok(accepted)
     }
 
     /// Unlocks, then wakes a blocked consumer if `waiting` went from `before` across
@@ -588,30 +618,11 @@ impl Queue for MemQueue {
     }
 
     fn publish_batch(&self, producer: &ProducerKey, events: &[&[u8]], timeout: Option<Duration>) -> Result<usize> {
-        let longest = events.iter().fold(0, |longest, e| longest.max(e.len()));
-        if check_event_len(longest, &self.settings).is_err() {
-            if let Some(e) = events.iter().find(|e| check_event_len(e.len(), &self.settings).is_err()) {
-                check_event_len(e.len(), &self.settings)?;
-            }
-        }
-        let deadline = timeout_deadline(timeout);
-        let mut accepted = 0;
-        while accepted < events.len() {
-            let st = lock(&self.state);
-            let mut st = match self.wait_room(st, &producer.state, events[accepted].len(), deadline) {
-                Ok(g) => g,
-                Err(e) if accepted == 0 => return Err(e),
-                Err(_) => return Ok(accepted),
-            };
-            let before = st.waiting;
-            let next = &events[accepted..events.len().min(accepted + LOCKED_RUN)];
-            let run = &next[..self.fitting(&st, next)];
-            self.push(&mut st, producer.key, run);
-            accepted += run.len();
-            self.tracker.accept(&producer.state, run.len() as u64);
-            self.signal_consumers(st, before);
-        }
-        Ok(accepted)
+        self.publish_run(producer, events, timeout)
+    }
+
+    fn publish_packed(&self, producer: &ProducerKey, events: Packed<'_>, timeout: Option<Duration>) -> Result<usize> {
+        self.publish_run(producer, events, timeout)
     }
 
     fn cancel(&self, producer: &ProducerKey) -> usize {
@@ -802,18 +813,90 @@ impl Queue for MemQueue {
 /// Copies the payloads of the leading `events` that fit in `open` without growing it
 /// and appends their references (segment `seg`) to `refs`; returns how many. Kept
 /// apart from the queue state so that the loop keeps both vectors in registers.
-fn copy_fitting(open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32, events: &[&[u8]]) -> usize {
-    let mut stored = 0;
-    for event in events {
-        if open.capacity() - open.len() < event.len() {
-            break;
-        }
-        let off = open.len() as u32;
-        open.extend_from_slice(event);
-        refs.push(EventRef { seg, off, len: event.len() as u32, producer });
-        stored += 1;
+/// Events as a publish call passes them: separate slices, or packed end to end.
+trait EventRun: Copy {
+    fn count(&self) -> usize;
+    fn event_len(&self, i: usize) -> usize;
+    fn longest(&self) -> usize;
+    /// The first `n` events, and the rest.
+    fn split_at(self, n: usize) -> (Self, Self);
+    /// Copies the leading events that fit in the spare capacity of `open` (the segment
+    /// with id `seg`), appends their references to `refs`, and returns how many.
+    fn copy_fitting(self, open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32) -> usize;
+}
+
+impl EventRun for &[&[u8]] {
+    fn count(&self) -> usize {
+        self.len()
     }
-    stored
+
+    fn event_len(&self, i: usize) -> usize {
+        self[i].len()
+    }
+
+    fn longest(&self) -> usize {
+        self.iter().fold(0, |longest, e| longest.max(e.len()))
+    }
+
+    fn split_at(self, n: usize) -> (Self, Self) {
+        <[&[u8]]>::split_at(self, n)
+    }
+
+    /// One copy per event: they are separate slices.
+    fn copy_fitting(self, open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32) -> usize {
+        let mut stored = 0;
+        for event in self {
+            if open.capacity() - open.len() < event.len() {
+                break;
+            }
+            let off = open.len() as u32;
+            open.extend_from_slice(event);
+            refs.push(EventRef { seg, off, len: event.len() as u32, producer });
+            stored += 1;
+        }
+        stored
+    }
+}
+
+impl EventRun for Packed<'_> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn event_len(&self, i: usize) -> usize {
+        self.lens()[i] as usize
+    }
+
+    fn longest(&self) -> usize {
+        self.lens().iter().max().map_or(0, |&n| n as usize)
+    }
+
+    fn split_at(self, n: usize) -> (Self, Self) {
+        Packed::split_at(&self, n)
+    }
+
+    /// One copy for every event that fits: they are contiguous already.
+    fn copy_fitting(self, open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32) -> usize {
+        let spare = open.capacity() - open.len();
+        let mut bytes = 0;
+        let fit = self
+            .lens()
+            .iter()
+            .position(|&len| {
+                bytes += len as usize;
+                bytes > spare
+            })
+            .unwrap_or(self.len());
+        let (run, _) = self.split_at(fit);
+        let mut off = open.len() as u32;
+        open.extend_from_slice(run.bytes());
+        refs.extend(run.lens().iter().map(|&len| {
+            let r = EventRef { seg, off, len, producer };
+            off += len;
+            r
+        }));
+        fit
+    }
 }
 
 #[cfg(test)]

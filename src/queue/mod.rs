@@ -16,7 +16,7 @@ pub use ack::{AckCallback, AckListener, DropCallback, ProducerCounts, ProducerOp
 pub(crate) use ack::{lock, AckTracker, ProducerState};
 
 use crate::error::{Error, Result};
-use crate::event::Events;
+use crate::event::{Events, Packed};
 use crate::log::Logger;
 
 /// What a queue type is built from.
@@ -81,6 +81,12 @@ pub trait Queue: Send + Sync {
     /// many it accepted (a prefix). Fails only when it accepted none.
     fn publish_batch(&self, producer: &ProducerKey, events: &[&[u8]], timeout: Option<Duration>)
         -> Result<usize>;
+    /// [`Queue::publish_batch`] of events laid end to end. Queue types that can copy
+    /// runs of them at once override it.
+    fn publish_packed(&self, producer: &ProducerKey, events: Packed<'_>, timeout: Option<Duration>) -> Result<usize> {
+        let views: Vec<&[u8]> = events.iter().collect();
+        self.publish_batch(producer, &views, timeout)
+    }
     /// Cancels the producer: later publishes fail with [`Error::Cancelled`]. With
     /// `drop_on_cancel`, removes its untaken events (reported dropped) and returns how many.
     fn cancel(&self, producer: &ProducerKey) -> usize;
@@ -216,6 +222,13 @@ impl Producer {
     /// Publishes events in order; returns how many were accepted.
     pub fn publish_batch(&self, events: &[&[u8]], timeout: Option<Duration>) -> Result<usize> {
         self.queue.publish_batch(&self.key, events, timeout)
+    }
+
+    /// Publishes events laid end to end in one buffer, in order; returns how many
+    /// were accepted, as [`Producer::publish_batch`] does. Copies runs of events at
+    /// once: the fastest way in for events that arrive framed in one buffer.
+    pub fn publish_packed(&self, events: Packed<'_>, timeout: Option<Duration>) -> Result<usize> {
+        self.queue.publish_packed(&self.key, events, timeout)
     }
 
     /// Cancels the producer; returns how many untaken events were removed.

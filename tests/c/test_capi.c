@@ -590,6 +590,65 @@ static void test_publish_batch_partial(void) {
   gate_destroy(&g);
 }
 
+/* Events laid end to end: delivered in order, a prefix when the queue stays full,
+   and every argument error accepts nothing. */
+static void test_publish_packed(void) {
+  probe pr;
+  sink s;
+  gate g;
+  conveyor_config *cfg = fast_config();
+  conveyor_pipeline *p = NULL;
+  conveyor_producer *prod = NULL;
+  conveyor_producer_config pc;
+  uint64_t seqs[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  uint32_t lens[8];
+  size_t i, accepted = 99;
+  char message[256];
+  client *c;
+  probe_init(&pr);
+  sink_init(&s);
+  gate_init(&g);
+  c = client_new(&pr);
+  c->gate = &g;
+  c->check_order = 1;
+  CHECK_OK(config_add(cfg, c));
+  CHECK_OK(conveyor_config_set(cfg, "queue.events", "5"));
+  CHECK_OK(conveyor_pipeline_new(cfg, &p));
+  pc = sink_config(&s, 0, 0);
+  CHECK_OK(conveyor_producer_new(p, &pc, &prod));
+  for (i = 0; i < 8; i++) {
+    lens[i] = sizeof seqs[i];
+  }
+  CHECK_RESULT(conveyor_producer_publish_packed(NULL, (const uint8_t *)seqs, sizeof seqs, lens, 8, 0, &accepted),
+               CONVEYOR_ERR_NULL_PARAMETER);
+  CHECK_RESULT(conveyor_producer_publish_packed(prod, (const uint8_t *)seqs, sizeof seqs, lens, 8, 0, NULL),
+               CONVEYOR_ERR_NULL_PARAMETER);
+  CHECK_RESULT(conveyor_producer_publish_packed(prod, NULL, sizeof seqs, lens, 8, 0, &accepted),
+               CONVEYOR_ERR_NULL_PARAMETER);
+  CHECK(accepted == 0);
+  CHECK_RESULT(conveyor_producer_publish_packed(prod, (const uint8_t *)seqs, sizeof seqs, NULL, 8, 0, &accepted),
+               CONVEYOR_ERR_NULL_PARAMETER);
+  CHECK_RESULT(conveyor_producer_publish_packed(prod, (const uint8_t *)seqs, sizeof seqs - 1, lens, 8, 0, &accepted),
+               CONVEYOR_ERR_INVALID_ARGUMENT);
+  conveyor_last_error(message, sizeof message);
+  CHECK(strstr(message, "add up") != NULL);
+  accepted = 99;
+  CHECK_OK(conveyor_producer_publish_packed(prod, NULL, 0, NULL, 0, 0, &accepted));
+  CHECK(accepted == 0);
+  CHECK_OK(conveyor_producer_publish_packed(prod, (const uint8_t *)seqs, sizeof seqs, lens, 8, 30, &accepted));
+  CHECK(accepted == 5); /* a prefix: the queue stayed full */
+  gate_open(&g);
+  CHECK_OK(conveyor_producer_publish_packed(prod, (const uint8_t *)&seqs[5], 3 * sizeof seqs[0], lens, 3,
+                                            UINT64_MAX, &accepted));
+  CHECK(accepted == 3);
+  CHECK_OK(conveyor_pipeline_flush(p, WAIT_MS));
+  CHECK(get(&s.acks) == 8 && get(&pr.events) == 8 && get(&pr.bytes) == sizeof seqs);
+  CHECK(get(&pr.order_errors) == 0);
+  conveyor_producer_free(prod);
+  conveyor_pipeline_free(p);
+  gate_destroy(&g);
+}
+
 static void test_cancel_drop_on_cancel(void) {
   probe pr;
   sink s;
@@ -1549,6 +1608,7 @@ int main(void) {
       HARNESS_TEST(test_calls_after_close),
       HARNESS_TEST(test_full_and_timeout),
       HARNESS_TEST(test_publish_batch_partial),
+      HARNESS_TEST(test_publish_packed),
       HARNESS_TEST(test_cancel_drop_on_cancel),
       HARNESS_TEST(test_pipeline_free_open_drops_and_reports),
       HARNESS_TEST(test_producer_outlives_pipeline),

@@ -200,16 +200,18 @@ void test_lambda_client_and_acks() {
   }
   CHECK(producer.publish_batch({"x", "y", ""}) == 3);
   CHECK(producer.try_publish("z"));
+  CHECK(producer.publish_packed("pqrs", {1, 0, 3}) == 3);
   pipeline.flush(kWait);
-  CHECK(acked == 104 && events == 104);
-  CHECK(received.size() == 104 && received[0] == "event-0" && received[99] == "event-99");
+  CHECK(acked == 107 && events == 107);
+  CHECK(received.size() == 107 && received[0] == "event-0" && received[99] == "event-99");
   CHECK(received[102].empty() && received[103] == "z");
+  CHECK(received[104] == "p" && received[105].empty() && received[106] == "qrs");
   conveyor_counts c = producer.counts();
-  CHECK(c.accepted == 104 && c.acked == 104 && c.in_flight == 0);
+  CHECK(c.accepted == 107 && c.acked == 107 && c.in_flight == 0);
   std::string stats = pipeline.stats_json();
-  CHECK(stats.find("\"acked\":104") != std::string::npos);
+  CHECK(stats.find("\"acked\":107") != std::string::npos);
   conveyor_close_report report = pipeline.close(kWait);
-  CHECK(report.drained == 1 && report.acked == 104);
+  CHECK(report.drained == 1 && report.acked == 107);
   CHECK_THROWS(producer.publish("late"), CONVEYOR_ERR_CLOSED);
   CHECK_THROWS(pipeline.flush(), CONVEYOR_ERR_CLOSED);
   CHECK_THROWS(pipeline.producer(), CONVEYOR_ERR_CLOSED);
