@@ -327,3 +327,36 @@ fn a_logger_sees_connect_failures() {
     let lines = lines.lock().unwrap();
     assert!(lines.iter().any(|l| l.starts_with("warn: connect to client 1 failed: a refuses")), "{lines:?}");
 }
+
+struct CompletesAtOnce;
+
+impl AsyncClient for CompletesAtOnce {
+    fn publish_async(&mut self, events: Events, completion: Completion) -> Result<(), ConnectError> {
+        completion.done(Published::all(events.len()));
+        Ok(())
+    }
+}
+
+// A client's event and batch counts are taken before the ACKs go out: stats read
+// right after a flush include every event the flush waited for.
+#[test]
+fn client_counts_are_complete_when_a_flush_returns() {
+    let rec = Recorder::new();
+    for (mode, asynchronous) in [("single", false), ("single", true), ("loadbalance", false)] {
+        let mut config = fast_config();
+        config.set("mode", mode).unwrap();
+        let client =
+            if asynchronous { AnyClient::asynchronous(CompletesAtOnce) } else { AnyClient::sync(Mock::ok("a", &rec)) };
+        let p = Pipeline::builder(config).any_client(client).build().unwrap();
+        let producer = p.producer(ProducerOptions::default()).unwrap();
+        for round in 1..=200u64 {
+            producer.publish(&round.to_le_bytes(), Some(PATIENCE)).unwrap();
+            p.flush(PATIENCE).unwrap();
+            let stats = p.stats();
+            let (events, batches) = (stats.clients[0].events, stats.clients[0].batches);
+            assert_eq!((stats.acked, events), (round, round), "{mode} async={asynchronous}: {stats:?}");
+            assert!(batches >= 1 && batches <= round, "{mode}: {batches} batches");
+        }
+        p.close(PATIENCE).unwrap();
+    }
+}

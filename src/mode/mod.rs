@@ -254,10 +254,14 @@ impl Shared {
     /// re-queues or drops the rest. Returns whether the whole batch is done.
     pub(crate) fn complete(&self, work: Work, result: Published, counters: &ClientCounters) -> bool {
         let published = result.count;
-        let work = self.settle_prefix(work, published);
+        // Counted before the ACKs go out, so stats read after a flush include them.
         counters.add(&counters.events, published as u64);
-        if work.rest.is_empty() {
+        let whole = published >= work.rest.len();
+        if whole {
             counters.add(&counters.batches, 1);
+        }
+        let work = self.settle_prefix(work, published);
+        if whole {
             return true;
         }
         if result.status == Status::Ok && published > 0 {

@@ -307,10 +307,14 @@ impl Worker {
                 return;
             };
             let published = result.count;
-            let w = shared.settle_prefix(w, published);
+            // Counted before the ACKs go out, so stats read after a flush include them.
             counters.add(&counters.events, published as u64);
-            if w.rest.is_empty() {
+            let whole = published >= w.rest.len();
+            if whole {
                 counters.add(&counters.batches, 1);
+            }
+            let w = shared.settle_prefix(w, published);
+            if whole {
                 self.publish_backoff.success();
                 self.failures_in_a_row = 0;
                 return;
