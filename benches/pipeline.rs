@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conveyor::{AnyClient, Client, Config, Events, Pipeline, ProducerOptions, Published};
+use conveyor::{AnyClient, Client, Config, Events, Packed, Pipeline, ProducerOptions, Published};
 
 const PAYLOAD_BYTES: usize = 100;
 /// Events per `publish_batch` call, and per message of the batch reference.
@@ -97,6 +97,14 @@ fn scenarios() -> Vec<Scenario> {
             goal: 0.5,
             scale: 4,
             candidate: h3_batch,
+            reference: crossbeam_batches,
+        },
+        Scenario {
+            name: "h3-packed",
+            reference_name: "crossbeam bounded(16), 1024-event buffers",
+            goal: 0.5,
+            scale: 4,
+            candidate: h3_packed,
             reference: crossbeam_batches,
         },
         Scenario {
@@ -177,6 +185,8 @@ enum Publish {
     EachEvent,
     /// `publish_batch` of [`BATCH`] events.
     Batches,
+    /// `publish_packed` of [`BATCH`] events laid end to end.
+    Packed,
 }
 
 /// A pipeline fed by `producers` threads, timed from the first publish until every
@@ -242,6 +252,21 @@ impl PipelineRun {
                             left -= n;
                         }
                     }
+                    Publish::Packed => {
+                        let data = vec![7u8; PAYLOAD_BYTES * BATCH];
+                        let lens = vec![PAYLOAD_BYTES as u32; BATCH];
+                        let mut left = share as usize;
+                        while left > 0 {
+                            let n = left.min(BATCH);
+                            let mut done = 0;
+                            while done < n {
+                                let bytes = &data[done * PAYLOAD_BYTES..n * PAYLOAD_BYTES];
+                                let events = Packed::new(bytes, &lens[done..n]).expect("packed events");
+                                done += producer.publish_packed(events, None).expect("publish_packed");
+                            }
+                            left -= n;
+                        }
+                    }
                 });
             }
         });
@@ -267,6 +292,10 @@ fn h2_contention(s: &Settings) -> f64 {
 
 fn h3_batch(s: &Settings) -> f64 {
     PipelineRun { publish: Publish::Batches, ..PipelineRun::single_noop() }.run(s)
+}
+
+fn h3_packed(s: &Settings) -> f64 {
+    PipelineRun { publish: Publish::Packed, ..PipelineRun::single_noop() }.run(s)
 }
 
 /// Failover over two clients, 1% of whose batches fail (broken connection: close,
