@@ -612,18 +612,55 @@ func fillQueue(t *testing.T, prod *Producer) int {
 	}
 }
 
+// fillStage publishes into a producer whose queue is full until its stage is full
+// too (a publish would wait); returns how many were accepted.
+func fillStage(t *testing.T, prod *Producer) int {
+	t.Helper()
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; ; i++ {
+		err := prod.Publish(ended, event(uint64(1_000_000+i), 16))
+		if errors.Is(err, context.Canceled) {
+			return i
+		}
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if i > stageEvents {
+			t.Fatal("the stage never filled up")
+		}
+	}
+}
+
 func TestContextCancelsBlockedCalls(t *testing.T) {
+	t.Run("NoLinger", func(t *testing.T) { contextCancelsBlockedCalls(t, NoLinger) })
+	t.Run("staged", func(t *testing.T) { contextCancelsBlockedCalls(t, 0) })
+}
+
+// With a stage, a publish blocks only once the stage is full too: with queue.events
+// 8 the stage holds 8 events.
+func contextCancelsBlockedCalls(t *testing.T, linger time.Duration) {
 	client := newBlockingClient()
 	p := startPipeline(t, fastRetries(Config{QueueEvents: 8, BulkMaxSize: 2}), client)
 	defer client.gate.open()
 	o := newOutcomes()
-	prod := mustProducer(t, p, o.config(false))
+	cfg := o.config(false)
+	cfg.Linger = linger
+	prod := mustProducer(t, p, cfg)
 	accepted := fillQueue(t, prod) // the client holds the first batch it took
 
 	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	staged := 0
+	if linger != NoLinger {
+		for ; staged < 8; staged++ {
+			if err := prod.Publish(ctx, event(uint64(accepted+staged), 16)); err != nil {
+				t.Fatalf("staged publish %d into a full queue: %v", staged, err)
+			}
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- prod.Publish(ctx, event(999, 16)) }()
-	cancel()
 	cancelled := time.Now()
 	select {
 	case err := <-errc:
@@ -652,13 +689,18 @@ func TestContextCancelsBlockedCalls(t *testing.T) {
 	if err := p.Flush(flushCtx); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Flush past its deadline: %v", err)
 	}
-	if c, _ := prod.Counts(); c.Accepted != uint64(accepted) {
-		t.Fatalf("accepted %d, want %d: a cancelled publish must accept nothing", c.Accepted, accepted)
+	want := Counts{Accepted: uint64(accepted + staged), InFlight: uint64(accepted + staged)}
+	if c, err := prod.Counts(); c != want || err != nil {
+		t.Fatalf("Counts = %+v, %v; want %+v: a cancelled publish must accept nothing", c, err, want)
+	}
+	if s, err := p.Stats(); err != nil || s.Staged != uint64(staged) || s.Accepted != want.Accepted || s.InFlight != want.InFlight {
+		t.Fatalf("Stats: staged %d, accepted %d, in flight %d (%v); want %d, %d, %d",
+			s.Staged, s.Accepted, s.InFlight, err, staged, want.Accepted, want.InFlight)
 	}
 	client.gate.open()
 	mustFlush(t, p)
-	if acked, _ := o.totals(); acked != accepted {
-		t.Fatalf("acked %d, want %d", acked, accepted)
+	if acked, _ := o.totals(); acked != accepted+staged {
+		t.Fatalf("acked %d, want %d", acked, accepted+staged)
 	}
 }
 
@@ -1220,7 +1262,7 @@ func TestProducerCloseUnblocksPublish(t *testing.T) {
 	defer client.gate.open()
 	o := newOutcomes()
 	prod := mustProducer(t, p, o.config(false))
-	accepted := fillQueue(t, prod)
+	accepted := fillQueue(t, prod) + fillStage(t, prod)
 	errc := make(chan error, 2)
 	go func() { errc <- prod.Publish(context.Background(), event(100, 8)) }()
 	go func() {

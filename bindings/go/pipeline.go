@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,16 @@ type Pipeline struct {
 	logHandle cgo.Handle
 	// final is the last stats snapshot, taken before the pipeline was freed.
 	final *Stats
+	// closing is set when Close starts: publishes fail from then on, and Close takes
+	// the producers' stages over.
+	closing atomic.Bool
+	// queueEvents and queueBytes are the queue's bounds as configured (0: default),
+	// which bound the producers' stages.
+	queueEvents, queueBytes int
+	// stagedDrops counts the staged events the binding gave up on, all producers.
+	stagedDrops atomic.Uint64
+	// stagesMu lets one call at a time (Stats) hold every producer's stage lock.
+	stagesMu sync.Mutex
 
 	producersMu sync.Mutex
 	producers   map[*Producer]struct{}
@@ -64,7 +75,8 @@ func NewPipeline(cfg Config, clients ...Client) (*Pipeline, error) {
 		deleteFrom(0)
 		return nil, err
 	}
-	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{})}
+	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{}), queueEvents: cfg.QueueEvents,
+		queueBytes: cfg.QueueBytes}
 	// From here on the C config owns every handle it took: conveyor_config_free
 	// releases them through free_userdata.
 	fail := func(err error, untaken int) (*Pipeline, error) {
@@ -114,23 +126,41 @@ func addSinkClient(sc *sinkClient, add func(*C.conveyor_sink) C.conveyor_result)
 	return nil
 }
 
-// Close stops accepting events, delivers what it can within timeout, drops the rest
-// (reporting each dropped event through its producer's OnDrop), closes the clients,
-// stops conveyor's threads, then frees every producer still open and the pipeline.
-// It returns within timeout plus one client call in progress. Closing again does
-// nothing and returns nil. Called from a conveyor callback it returns an error
-// matching ErrInvalidArgument and does nothing (it would wait for itself).
+// Close stops accepting events, hands the producers' staged events to conveyor,
+// delivers what it can within timeout, drops the rest (reporting each dropped event
+// through its producer's OnDrop; staged events that never found room in the queue
+// last, after every other outcome), closes the clients, stops conveyor's threads,
+// then frees every producer still open and the pipeline. It returns within timeout
+// plus one client call in progress. Closing again does nothing and returns nil.
+// Called from a conveyor callback it returns an error matching ErrInvalidArgument
+// and does nothing (it would wait for itself).
 func (p *Pipeline) Close(timeout time.Duration) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	start := time.Now()
 	p.mu.RLock()
 	if p.c == nil {
 		p.mu.RUnlock()
 		return nil
 	}
+	// A flush that does not wait refuses exactly where close would: from a callback.
+	if r := C.conveyor_pipeline_flush(p.c, 0); r == C.CONVEYOR_ERR_INVALID_ARGUMENT {
+		err := lastError(r)
+		p.mu.RUnlock()
+		return err
+	}
+	p.closing.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	_ = p.handOverStages(ctx, "close", watchNothing)
+	cancel()
 	var err error
-	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout)); r != C.CONVEYOR_OK {
+	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout-time.Since(start))); r != C.CONVEYOR_OK {
 		err = lastError(r)
+	}
+	if err == nil {
+		for _, prod := range p.stagedProducers() {
+			prod.dropStage("the pipeline closed before it was delivered")
+		}
 	}
 	p.mu.RUnlock()
 	if err != nil {
@@ -140,6 +170,39 @@ func (p *Pipeline) Close(timeout time.Duration) error {
 	return nil
 }
 
+// stagedProducers lists the open producers that have a stage.
+func (p *Pipeline) stagedProducers() []*Producer {
+	p.producersMu.Lock()
+	defer p.producersMu.Unlock()
+	var staged []*Producer
+	for prod := range p.producers {
+		if prod.stage != nil {
+			staged = append(staged, prod)
+		}
+	}
+	return staged
+}
+
+// handOverStages hands every producer's staged events to conveyor, waiting for room
+// until ctx ends or w says stop.
+func (p *Pipeline) handOverStages(ctx context.Context, op string, w watch) error {
+	for _, prod := range p.stagedProducers() {
+		if err := prod.handOverStage(ctx, op, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropStage gives up on what is left in the stage, reporting it through OnDrop.
+func (p *Producer) dropStage(reason string) {
+	s := p.stage
+	s.mu.Lock()
+	drop := s.takeOut(reason)
+	s.mu.Unlock()
+	p.report(drop)
+}
+
 // release frees a closed pipeline and its remaining producers, once.
 func (p *Pipeline) release() {
 	p.mu.Lock()
@@ -147,7 +210,7 @@ func (p *Pipeline) release() {
 	if p.c == nil {
 		return
 	}
-	if s, err := p.statsOf(); err == nil {
+	if s, err := p.statsWithStages(); err == nil {
 		p.final = &s
 	}
 	p.producersMu.Lock()
@@ -164,13 +227,30 @@ func (p *Pipeline) release() {
 	}
 }
 
-// Flush waits until every event accepted so far has had its outcome reported (its
-// OnACK or OnDrop returned), or until ctx ends (an error matching ctx.Err(); delivery
-// goes on). Called from a conveyor callback it returns an error matching
-// ErrInvalidArgument.
+// Flush hands the producers' staged events to conveyor (waiting for room as a
+// publish would), then waits until every event accepted so far has had its outcome
+// reported (its OnACK or OnDrop returned), or until ctx ends (an error matching
+// ctx.Err(); delivery goes on). Called from a conveyor callback it returns an error
+// matching ErrInvalidArgument.
 func (p *Pipeline) Flush(ctx context.Context) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	if p.c == nil {
+		p.mu.RUnlock()
+		return errPipelineClosed()
+	}
+	// Refused from a callback (or once closed) before it waits for anything.
+	if r := C.conveyor_pipeline_flush(p.c, 0); r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
+		err := lastError(r)
+		p.mu.RUnlock()
+		return err
+	}
+	err := p.handOverStages(ctx, "flush", watchClosing)
+	p.mu.RUnlock()
+	if err != nil {
+		return err
+	}
 	for {
 		ms, err := waitSlice(ctx, "flush")
 		if err != nil {
@@ -200,14 +280,19 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 	defer runtime.UnlockOSThread()
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if p.c == nil {
+	if p.c == nil || p.closing.Load() {
 		return nil, errPipelineClosed()
 	}
+	prod := &Producer{pipeline: p, dropOnCancel: cfg.DropOnCancel}
 	var h C.uintptr_t
 	if cfg.OnACK != nil || cfg.OnDrop != nil {
-		h = C.uintptr_t(newHandle(&producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}))
+		prod.box = &producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}
+		h = C.uintptr_t(newHandle(prod.box))
+		prod.handle = h
 	}
-	prod := &Producer{pipeline: p}
+	if cfg.Linger >= 0 {
+		prod.stage = newStage(prod, cfg.Linger, p.queueEvents, p.queueBytes)
+	}
 	r := C.conveyor_go_producer_new(p.c, h, cbool(cfg.OnACK != nil), cbool(cfg.OnDrop != nil),
 		C.uint32_t(cbool(cfg.Guaranteed)), C.uint32_t(cbool(cfg.DropOnCancel)), &prod.c)
 	if r != C.CONVEYOR_OK {
@@ -278,8 +363,11 @@ func (p *Pipeline) RemoveClient(id uint64) error {
 	return nil
 }
 
-// Stats returns a snapshot of every counter. After Close it returns the final
-// snapshot, taken when the pipeline was freed.
+// Stats returns a snapshot of every counter. It first hands the producers' staged
+// events to conveyor, without waiting for room; what is still staged then (the queue
+// was full) is counted in Staged, and in Accepted and InFlight. Staged events the
+// binding gave up on (at Close) count in Accepted and Dropped. After Close it
+// returns the final snapshot, taken when the pipeline was freed.
 func (p *Pipeline) Stats() (Stats, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -291,7 +379,38 @@ func (p *Pipeline) Stats() (Stats, error) {
 		}
 		return Stats{}, errPipelineClosed()
 	}
-	return p.statsOf()
+	return p.statsWithStages()
+}
+
+// statsWithStages is statsOf with the producers' stages: it holds every stage's
+// lock while it reads conveyor's counters, so that no event is counted in both or
+// in neither. The caller holds p.mu and is locked to its OS thread.
+func (p *Pipeline) statsWithStages() (Stats, error) {
+	p.stagesMu.Lock()
+	defer p.stagesMu.Unlock()
+	producers := p.stagedProducers()
+	drops := make([]stageDrop, len(producers))
+	var staged uint64
+	for i, prod := range producers {
+		s := prod.stage
+		s.mu.Lock()
+		drops[i], _ = s.handOver(0)
+		staged += uint64(s.n - s.head)
+	}
+	st, err := p.statsOf()
+	given := p.stagedDrops.Load()
+	for i, prod := range producers {
+		prod.stage.mu.Unlock()
+		prod.report(drops[i])
+	}
+	if err != nil {
+		return Stats{}, err
+	}
+	st.Staged = staged
+	st.Accepted += staged + given
+	st.InFlight += staged
+	st.Dropped += given
+	return st, nil
 }
 
 func errPipelineClosed() error { return goError(ErrClosed, "the pipeline is closed") }
