@@ -150,24 +150,46 @@ func (p *Pipeline) Close(timeout time.Duration) error {
 		return err
 	}
 	p.closing.Store(true)
+	p.mu.RUnlock()
+	// No lock of the pipeline is held while the stages are handed over (for up to
+	// the whole timeout) nor while drops are reported (OnDrop may call Stats).
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	_ = p.handOverStages(ctx, "close", watchNothing)
 	cancel()
+	p.mu.RLock()
+	if p.c == nil { // another Close finished meanwhile
+		p.mu.RUnlock()
+		return nil
+	}
 	var err error
 	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout-time.Since(start))); r != C.CONVEYOR_OK {
 		err = lastError(r)
 	}
+	var left []producerDrop
 	if err == nil {
 		for _, prod := range p.stagedProducers() {
-			prod.dropStage("the pipeline closed before it was delivered")
+			left = append(left, producerDrop{prod, prod.takeStage("the pipeline closed before it was delivered")})
 		}
 	}
 	p.mu.RUnlock()
+	reportAll(left)
 	if err != nil {
 		return err
 	}
 	p.release()
 	return nil
+}
+
+// producerDrop is a stageDrop and the producer to report it to.
+type producerDrop struct {
+	prod *Producer
+	drop stageDrop
+}
+
+func reportAll(drops []producerDrop) {
+	for _, d := range drops {
+		d.prod.report(d.drop)
+	}
 }
 
 // stagedProducers lists the open producers that have a stage.
@@ -194,13 +216,12 @@ func (p *Pipeline) handOverStages(ctx context.Context, op string, w watch) error
 	return nil
 }
 
-// dropStage gives up on what is left in the stage, reporting it through OnDrop.
-func (p *Producer) dropStage(reason string) {
+// takeStage gives up on what is left in the stage, to be reported through OnDrop.
+func (p *Producer) takeStage(reason string) stageDrop {
 	s := p.stage
 	s.mu.Lock()
-	drop := s.takeOut(reason)
-	s.mu.Unlock()
-	p.report(drop)
+	defer s.mu.Unlock()
+	return s.takeOut(reason)
 }
 
 // release frees a closed pipeline and its remaining producers, once.
@@ -210,7 +231,8 @@ func (p *Pipeline) release() {
 	if p.c == nil {
 		return
 	}
-	if s, err := p.statsWithStages(); err == nil {
+	// Close took the stages over: this hands nothing over and finds nothing to drop.
+	if s, _, err := p.statsWithStages(); err == nil {
 		p.final = &s
 	}
 	p.producersMu.Lock()
@@ -241,14 +263,16 @@ func (p *Pipeline) Flush(ctx context.Context) error {
 		return errPipelineClosed()
 	}
 	// Refused from a callback (or once closed) before it waits for anything.
-	if r := C.conveyor_pipeline_flush(p.c, 0); r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
-		err := lastError(r)
-		p.mu.RUnlock()
-		return err
+	r := C.conveyor_pipeline_flush(p.c, 0)
+	var err error
+	if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
+		err = lastError(r)
 	}
-	err := p.handOverStages(ctx, "flush", watchClosing)
 	p.mu.RUnlock()
 	if err != nil {
+		return err
+	}
+	if err := p.handOverStages(ctx, "flush", watchClosing); err != nil {
 		return err
 	}
 	for {
@@ -372,45 +396,51 @@ func (p *Pipeline) Stats() (Stats, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	p.mu.RLock()
-	defer p.mu.RUnlock()
 	if p.c == nil {
+		defer p.mu.RUnlock()
 		if p.final != nil {
 			return *p.final, nil
 		}
 		return Stats{}, errPipelineClosed()
 	}
-	return p.statsWithStages()
+	s, drops, err := p.statsWithStages()
+	p.mu.RUnlock()
+	reportAll(drops)
+	return s, err
 }
 
-// statsWithStages is statsOf with the producers' stages: it holds every stage's
-// lock while it reads conveyor's counters, so that no event is counted in both or
-// in neither. The caller holds p.mu and is locked to its OS thread.
-func (p *Pipeline) statsWithStages() (Stats, error) {
+// statsWithStages is statsOf with the producers' stages, handed over first without
+// waiting: it holds every stage's lock while it reads conveyor's counters, so that
+// no event is counted in both or in neither. A failed hand-over comes back as drops
+// to report once the caller released p.mu. The caller holds p.mu and is locked to
+// its OS thread.
+func (p *Pipeline) statsWithStages() (Stats, []producerDrop, error) {
 	p.stagesMu.Lock()
 	defer p.stagesMu.Unlock()
 	producers := p.stagedProducers()
-	drops := make([]stageDrop, len(producers))
+	var drops []producerDrop
 	var staged uint64
-	for i, prod := range producers {
+	for _, prod := range producers {
 		s := prod.stage
 		s.mu.Lock()
-		drops[i], _ = s.handOver(0)
+		if drop, _ := s.handOver(0); drop.events != nil {
+			drops = append(drops, producerDrop{prod, drop})
+		}
 		staged += uint64(s.n - s.head)
 	}
 	st, err := p.statsOf()
 	given := p.stagedDrops.Load()
-	for i, prod := range producers {
+	for _, prod := range producers {
 		prod.stage.mu.Unlock()
-		prod.report(drops[i])
 	}
 	if err != nil {
-		return Stats{}, err
+		return Stats{}, drops, err
 	}
 	st.Staged = staged
 	st.Accepted += staged + given
 	st.InFlight += staged
 	st.Dropped += given
-	return st, nil
+	return st, drops, nil
 }
 
 func errPipelineClosed() error { return goError(ErrClosed, "the pipeline is closed") }
