@@ -1377,14 +1377,17 @@ func (c *countingClient) Publish(events [][]byte) (int, error) {
 func TestPublishingAllocatesNothingPerCall(t *testing.T) {
 	p := startPipeline(t, Config{QueueEvents: 1 << 16, BulkMaxSize: 1024}, &countingClient{})
 	prod := mustProducer(t, p, ProducerConfig{OnACK: func(int) {}})
+	direct := mustProducer(t, p, ProducerConfig{OnACK: func(int) {}, Linger: NoLinger})
 	ctx := patientContext(t)
 	payload := make([]byte, 100)
-	if allocs := testing.AllocsPerRun(2000, func() {
-		if err := prod.Publish(ctx, payload); err != nil {
-			t.Fatal(err)
+	for _, prod := range []*Producer{prod, direct} {
+		if allocs := testing.AllocsPerRun(2000, func() {
+			if err := prod.Publish(ctx, payload); err != nil {
+				t.Fatal(err)
+			}
+		}); allocs != 0 {
+			t.Errorf("Publish (staged: %v) allocates %.2f times per call", prod.stage != nil, allocs)
 		}
-	}); allocs != 0 {
-		t.Errorf("Publish allocates %.2f times per call", allocs)
 	}
 	batch := make([][]byte, 64)
 	for i := range batch {
