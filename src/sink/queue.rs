@@ -32,8 +32,9 @@ pub struct QueueSinkClose {
     pub drained: bool,
 }
 
-/// Events handed to the worker per destination write: enough to spread a write's fixed
-/// cost thin, few enough to keep the worker's copy in cache.
+/// Events per chunk of the buffer, so at most per destination write: enough to spread
+/// a write's fixed cost thin, few enough that a chunk stays in cache between its
+/// writer and the worker.
 const DRAIN_MAX: usize = 1024;
 
 /// How long a worker that found the buffer empty after a delivery waits for a batch to
@@ -52,9 +53,51 @@ enum Worker {
     Asleep,
 }
 
+/// Events in arrival order. Writers append to the last chunk of the buffer, and the
+/// worker takes the first one whole (handing back the one it delivered before), so an
+/// event is copied once, by its writer.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    lens: Vec<usize>,
+    /// Leading events already gone (evicted, or handed on alone), and their bytes.
+    gone: usize,
+    gone_bytes: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.lens.len() - self.gone
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lens.clear();
+        self.gone = 0;
+        self.gone_bytes = 0;
+    }
+
+    fn push(&mut self, event: &[u8]) {
+        self.bytes.extend_from_slice(event);
+        self.lens.push(event.len());
+    }
+
+    fn views<'a>(&'a self, into: &mut Vec<&'a [u8]>) {
+        let mut at = self.gone_bytes;
+        into.extend(self.lens[self.gone..].iter().map(|&len| {
+            at += len;
+            &self.bytes[at - len..at]
+        }));
+    }
+}
+
 struct Buffer {
-    bytes: VecDeque<u8>,
-    lens: VecDeque<usize>,
+    /// Oldest first, none empty, each of at most [`DRAIN_MAX`] events.
+    chunks: VecDeque<Chunk>,
+    /// Emptied chunks, kept for reuse.
+    spare: Vec<Chunk>,
+    /// Events in `chunks`.
+    len: usize,
     closed: bool,
     deadline: Option<Instant>,
     worker_done: bool,
@@ -66,23 +109,34 @@ struct Buffer {
     writers_waiting: usize,
     /// Storage for the events a writer evicts (`Overflow::DropOldest`) and their views,
     /// kept between writes; a writer takes it while it reports them unlocked.
-    evicted: (Taken, Views),
+    evicted: (Chunk, Views),
 }
 
 impl Buffer {
     fn free(&self, capacity: usize) -> usize {
-        capacity.saturating_sub(self.lens.len())
+        capacity.saturating_sub(self.len)
     }
 
     /// Buffers `events` and wakes the worker if it waits for them (`not_empty`).
     fn push(&mut self, events: &[&[u8]], wake_at: usize, not_empty: &Condvar) {
-        for event in events {
-            self.bytes.extend(*event);
-            self.lens.push_back(event.len());
+        let mut rest = events;
+        while !rest.is_empty() {
+            let room = self.chunks.back().map_or(0, |last| DRAIN_MAX.saturating_sub(last.lens.len()));
+            if room == 0 {
+                let chunk = self.spare.pop().unwrap_or_default();
+                self.chunks.push_back(chunk);
+                continue;
+            }
+            let (run, later) = rest.split_at(room.min(rest.len()));
+            if let Some(last) = self.chunks.back_mut() {
+                run.iter().for_each(|event| last.push(event));
+            }
+            rest = later;
         }
+        self.len += events.len();
         let wake = match self.worker {
             Worker::Busy => false,
-            Worker::Lingering => self.lens.len() >= wake_at,
+            Worker::Lingering => self.len >= wake_at,
             Worker::Asleep => true,
         };
         if wake {
@@ -90,27 +144,37 @@ impl Buffer {
             not_empty.notify_one();
         }
     }
-}
 
-/// Events moved out of the buffer, contiguous, with their lengths.
-#[derive(Default)]
-struct Taken {
-    bytes: Vec<u8>,
-    lens: Vec<usize>,
-}
-
-impl Taken {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.lens.clear();
+    /// Takes the oldest chunk into `into`; the chunk `into` held goes back to the spares.
+    fn take_chunk(&mut self, into: &mut Chunk) {
+        if let Some(chunk) = self.chunks.pop_front() {
+            self.len -= chunk.len();
+            let mut emptied = std::mem::replace(into, chunk);
+            emptied.clear();
+            self.spare.push(emptied);
+        }
     }
 
-    fn views<'a>(&'a self, into: &mut Vec<&'a [u8]>) {
-        let mut at = 0;
-        into.extend(self.lens.iter().map(|&len| {
-            at += len;
-            &self.bytes[at - len..at]
-        }));
+    /// Moves (copies) the `n` oldest events to the end of `into`.
+    fn move_front(&mut self, mut n: usize, into: &mut Chunk) {
+        while n > 0 {
+            let Some(first) = self.chunks.front_mut() else { return };
+            let k = n.min(first.len());
+            for _ in 0..k {
+                let len = first.lens[first.gone];
+                into.push(&first.bytes[first.gone_bytes..first.gone_bytes + len]);
+                first.gone += 1;
+                first.gone_bytes += len;
+            }
+            n -= k;
+            self.len -= k;
+            if first.len() == 0 {
+                if let Some(mut emptied) = self.chunks.pop_front() {
+                    emptied.clear();
+                    self.spare.push(emptied);
+                }
+            }
+        }
     }
 }
 
@@ -130,18 +194,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Moves the `n` oldest events of the buffer to the end of `into`.
-    fn take_front(&self, b: &mut Buffer, n: usize, into: &mut Taken) {
-        let first = into.lens.len();
-        into.lens.extend(b.lens.drain(..n));
-        let bytes: usize = into.lens[first..].iter().sum();
-        let (front, back) = b.bytes.as_slices();
-        let from_front = bytes.min(front.len());
-        into.bytes.extend_from_slice(&front[..from_front]);
-        into.bytes.extend_from_slice(&back[..bytes - from_front]);
-        b.bytes.drain(..bytes);
-        // Blocked writers wake once half the buffer is free, not once per event.
-        if b.writers_waiting > 0 && b.lens.len() <= self.capacity / 2 {
+    /// Wakes writers blocked on a full buffer once half of it is free, not once per event.
+    fn room_made(&self, b: &Buffer) {
+        if b.writers_waiting > 0 && b.len <= self.capacity / 2 {
             self.not_full.notify_all();
         }
     }
@@ -149,9 +204,9 @@ impl Shared {
     /// Empties the buffer into `into`. The caller reports the events with
     /// `report_taken` once it released the lock: the drop hook may look at this queue,
     /// or write into it.
-    fn take_all(&self, b: &mut Buffer, into: &mut Taken) {
-        let n = b.lens.len();
-        self.take_front(b, n, into);
+    fn take_all(&self, b: &mut Buffer, into: &mut Chunk) {
+        b.move_front(b.len, into);
+        self.room_made(b);
     }
 
     fn report_drop(&self, events: &[&[u8]]) {
@@ -164,7 +219,7 @@ impl Shared {
         }
     }
 
-    fn report_taken(&self, taken: &Taken, views: &mut Views) {
+    fn report_taken(&self, taken: &Chunk, views: &mut Views) {
         let mut dropped = views.take();
         taken.views(&mut dropped);
         self.report_drop(&dropped);
@@ -176,35 +231,39 @@ impl Shared {
     }
 
     fn run(&self) {
-        let mut taken = Taken::default();
+        let mut taken = Chunk::default();
         let mut views = Views::default();
         // The worker starts as after a sleep until the next event.
         let mut woken_by_event = true;
         // Until when the worker waits for a batch to gather, once it started to.
         let mut linger_until: Option<Instant> = None;
         loop {
-            taken.clear();
             {
                 let mut b = lock(&self.buffer);
                 loop {
                     let now = Instant::now();
-                    if b.deadline.is_some_and(|d| now >= d) && !b.lens.is_empty() {
+                    if b.deadline.is_some_and(|d| now >= d) && b.len > 0 {
+                        taken.clear();
                         self.take_all(&mut b, &mut taken);
                         drop(b);
                         self.report_taken(&taken, &mut views);
-                        taken.clear();
                         b = lock(&self.buffer);
                         continue;
                     }
-                    let buffered = b.lens.len();
+                    let buffered = b.len;
                     let lingered = linger_until.is_some_and(|until| now >= until);
                     if buffered > 0 && (woken_by_event || lingered || b.closed || buffered >= self.wake_at) {
                         // After a sleep until the next event, the worker hands on that
                         // event alone: a destination that got stuck meanwhile then holds
                         // one event, and those behind it stay buffered, where a close
                         // deadline drops and reports them.
-                        let n = if woken_by_event { 1 } else { buffered.min(DRAIN_MAX) };
-                        self.take_front(&mut b, n, &mut taken);
+                        if woken_by_event {
+                            taken.clear();
+                            b.move_front(1, &mut taken);
+                        } else {
+                            b.take_chunk(&mut taken);
+                        }
+                        self.room_made(&b);
                         woken_by_event = false;
                         linger_until = None;
                         break;
@@ -294,8 +353,9 @@ impl QueueSink {
             wake_at: (capacity / 2).clamp(1, DRAIN_MAX),
             overflow,
             buffer: Mutex::new(Buffer {
-                bytes: VecDeque::new(),
-                lens: VecDeque::new(),
+                chunks: VecDeque::new(),
+                spare: Vec::new(),
+                len: 0,
                 closed: false,
                 deadline: None,
                 worker_done: false,
@@ -347,7 +407,7 @@ impl QueueSink {
             };
         }
         let drained = b.worker_done;
-        let mut late = Taken::default();
+        let mut late = Chunk::default();
         if !drained {
             self.shared.take_all(&mut b, &mut late);
         }
@@ -419,7 +479,7 @@ impl Sink for QueueSink {
     fn stats(&self) -> SinkStats {
         let (queued, written) = {
             let b = lock(&self.shared.buffer);
-            (b.lens.len() as u64, b.written)
+            (b.len as u64, b.written)
         };
         let mut stats = self.shared.counters.snapshot("queue", queued, vec![self.shared.dst.stats()]);
         stats.written = written;
@@ -442,7 +502,7 @@ impl QueueSink {
                 break;
             }
             let (mut evicted, mut views) = std::mem::take(&mut b.evicted);
-            s.take_front(&mut b, short, &mut evicted);
+            b.move_front(short, &mut evicted);
             // Reported unlocked: the drop hook may look at this queue, or write into it.
             drop(b);
             s.report_taken(&evicted, &mut views);
