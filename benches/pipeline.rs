@@ -131,6 +131,14 @@ fn scenarios() -> Vec<Scenario> {
             candidate: fanout::each_event,
             reference: h1_pipeline,
         },
+        Scenario {
+            name: "fanout-2-pipelines-batch",
+            reference_name: "h3-batch",
+            goal: 0.3,
+            scale: 4,
+            candidate: fanout::batches,
+            reference: h3_batch,
+        },
     ]
 }
 
@@ -416,7 +424,7 @@ mod fanout {
     use conveyor::sink::{Broadcaster, Overflow, PipelineSink, QueueSink, Sink};
     use conveyor::{AnyClient, Config, Pipeline, ProducerOptions};
 
-    use super::{NoopClient, Settings, FLUSH_TIMEOUT, PAYLOAD_BYTES, THROUGHPUT_CONFIG};
+    use super::{NoopClient, Settings, BATCH, FLUSH_TIMEOUT, PAYLOAD_BYTES, THROUGHPUT_CONFIG};
 
     const OUTPUTS: usize = 2;
     /// Each output's buffer holds as many events as its pipeline's queue.
@@ -429,6 +437,20 @@ mod fanout {
             for seq in 0..events {
                 event[..8].copy_from_slice(&seq.to_le_bytes());
                 fanout.write(&event).expect("write");
+            }
+        })
+    }
+
+    /// `write_batch` of [`BATCH`] events.
+    pub(super) fn batches(s: &Settings) -> f64 {
+        run(s, |fanout, events| {
+            let storage = vec![[7u8; PAYLOAD_BYTES]; BATCH];
+            let views: Vec<&[u8]> = storage.iter().map(|e| &e[..]).collect();
+            let mut left = events as usize;
+            while left > 0 {
+                let n = left.min(BATCH);
+                fanout.write_batch(&views[..n]).expect("write_batch");
+                left -= n;
             }
         })
     }
