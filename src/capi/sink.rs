@@ -28,8 +28,8 @@ use crate::client::AnyClient;
 use crate::error::{Error, Result};
 use crate::queue::lock;
 use crate::sink::{
-    Broadcaster, ChannelSink, Filter, FnSink, Overflow, PipelineSink, QueueSink, RetryingSink, Sink, SinkBreaker,
-    SinkClient, SinkExponentialBackoff, SinkRetryStrategy, SinkStats,
+    BatchError, Broadcaster, ChannelSink, Filter, FnSink, Overflow, PipelineSink, QueueSink, RetryingSink, Sink,
+    SinkBreaker, SinkClient, SinkExponentialBackoff, SinkRetryStrategy, SinkStats,
 };
 
 // ---------------------------------------------------------------- the write graph
@@ -919,6 +919,10 @@ struct CallbackPipelineSink {
 impl Sink for CallbackPipelineSink {
     fn write(&self, event: &[u8]) -> Result<()> {
         self.sink.write(event)
+    }
+
+    fn write_batch(&self, events: &[&[u8]]) -> Result<usize, BatchError> {
+        self.sink.write_batch(events)
     }
 
     fn close(&self) -> Result<()> {
