@@ -328,8 +328,12 @@ impl Shared {
 
 /// Buffers up to `capacity` events and delivers them to a destination sink from its
 /// own thread, so the writer never waits on the destination (unless it chose
-/// [`Overflow::Block`] and the buffer is full). Failed deliveries are counted and
-/// reported to the drop hook, never lost silently.
+/// [`Overflow::Block`] and the buffer is full). The worker hands up to 1024 events on
+/// per [`Sink::write_batch`]; while it has work it waits up to 500 µs for a batch to
+/// gather rather than take events one by one (after an idle spell the first event goes
+/// on at once). Failed deliveries are counted and reported to the drop hook, never lost
+/// silently: an event the destination refuses is dropped and the events after it are
+/// written again, as with writes of one event at a time.
 pub struct QueueSink {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
