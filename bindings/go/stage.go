@@ -179,30 +179,16 @@ func (s *stage) has(size int) bool {
 	return s.n < s.maxEvents && s.used+size <= s.maxBytes
 }
 
-// stagedView is a conveyor_bytes written as numbers: both fields point into C
-// memory, and numbers spare the write barrier a pointer store into memory the
-// compiler cannot tell from Go's would cost.
-type stagedView struct{ data, len uintptr }
-
-// stagedView must have conveyor_bytes' layout.
-var _ [unsafe.Sizeof(C.conveyor_bytes{}) - unsafe.Sizeof(stagedView{})]byte
-var _ [unsafe.Sizeof(stagedView{}) - unsafe.Sizeof(C.conveyor_bytes{})]byte
-var _ [unsafe.Offsetof(C.conveyor_bytes{}.len) - unsafe.Offsetof(stagedView{}.len)]byte
-
 // add copies event into the stage, which has room for it.
 func (s *stage) add(event []byte) {
 	if s.views == nil {
 		s.allocate()
 	}
-	view := (*stagedView)(unsafe.Pointer(&s.views[s.n]))
+	view := &s.views[s.n]
 	s.n++
-	if len(event) == 0 {
-		*view = stagedView{}
-		return
-	}
-	copy(s.arena[s.used:], event)
-	*view = stagedView{data: uintptr(unsafe.Pointer(&s.arena[s.used])), len: uintptr(len(event))}
-	s.used += len(event)
+	n := copy(s.arena[s.used:], event)
+	setView(view, s.arena[s.used:s.used+n])
+	s.used += n
 }
 
 func (s *stage) allocate() {
