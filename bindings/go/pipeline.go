@@ -154,7 +154,10 @@ func (p *Pipeline) Close(timeout time.Duration) error {
 	// No lock of the pipeline is held while the stages are handed over (for up to
 	// the whole timeout) nor while drops are reported (OnDrop may call Stats).
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	_ = p.handOverStages(ctx, "close", watchNothing)
+	for _, prod := range p.stagedProducers() {
+		// Once the time is up each stage still gets one try (what fits now).
+		_ = prod.handOverStage(ctx, "close", watchNothing)
+	}
 	cancel()
 	p.mu.RLock()
 	if p.c == nil { // another Close finished meanwhile

@@ -556,8 +556,9 @@ func TestManyGoroutinesOnOneStagedProducer(t *testing.T) {
 	ctx := patientContext(t)
 	const goroutines, each = 6, 1500
 	var wg sync.WaitGroup
-	stop := make(chan struct{})
+	stop, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stopped)
 		for {
 			select {
 			case <-stop:
@@ -607,6 +608,7 @@ func TestManyGoroutinesOnOneStagedProducer(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
+	<-stopped
 	mustFlush(t, p)
 	_, order, bad := l.snapshot()
 	if len(bad) > 0 {
