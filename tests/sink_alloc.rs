@@ -1,6 +1,6 @@
 //! Moving events through sinks does not allocate per event: a fan-out of two queue
 //! sinks, fed one event at a time and in batches, is counted by a global allocator.
-//! Buffers still grow to their working size (a few dozen allocations per chunk of 1024
+//! Buffers still grow to their working size (a few dozen allocations per chunk of
 //! events, a bounded number of chunks), so the check is "far fewer than one per
 //! hundred events" rather than zero.
 

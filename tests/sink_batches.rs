@@ -478,38 +478,43 @@ fn a_pipeline_sink_batch_with_an_event_too_large_accepts_the_events_before_it() 
     assert_eq!((rec.times(&batch[0]), rec.times(&batch[1]), rec.times(&batch[3])), (1, 1, 0));
 }
 
-/// Close with a deadline while the destination holds event 1100 of a batch of 3000:
-/// the report counts what was delivered and what the deadline dropped; the events
-/// handed over with the stuck one get their outcome when its write returns (`refuse`:
-/// the destination refuses it once released). Every event ends up with exactly one.
+/// Close with a deadline while the destination holds event 5000 of a batch of 10 000:
+/// the report counts what was delivered and what the deadline dropped from the buffer;
+/// the events handed over with the stuck one get their outcome when its write returns
+/// (`refuse`: the destination refuses it once released). Every event ends up with
+/// exactly one.
 fn close_with_a_batch_in_flight(refuse: bool) {
+    const EVENTS: u32 = 10_000;
+    const STUCK: u32 = 5000;
     let dest = Dest::new();
-    let hold = dest.hold_at(1100);
+    let hold = dest.hold_at(STUCK);
     if refuse {
-        dest.refusing(1100, 1);
+        dest.refusing(STUCK, 1);
     }
     let (hook, dropped) = drop_recorder();
-    let q = QueueSink::new(dyn_sink(&dest), 10_000, Overflow::Block, PATIENCE, Some(hook)).unwrap();
-    assert_eq!(q.write_batch(&views(&events(0..3000))), Ok(3000));
-    wait_until("the destination holds event 1100", || dest.count() == 1100);
+    let q = QueueSink::new(dyn_sink(&dest), EVENTS as usize, Overflow::Block, PATIENCE, Some(hook)).unwrap();
+    assert_eq!(q.write_batch(&views(&events(0..EVENTS))), Ok(EVENTS as usize));
+    wait_until("the destination holds the stuck event", || dest.count() == STUCK as usize);
     let r = q.close_within(Duration::from_millis(20));
     assert!(!r.drained);
-    assert!(r.delivered <= 1100, "events written with the stuck one are counted when its write returns: {r:?}");
+    assert!(r.delivered <= u64::from(STUCK), "events written with the stuck one are counted when its write returns: {r:?}");
+    // The worker hands on at most 4096 events per write: the tail was still buffered.
+    assert!(r.dropped > 0, "the deadline dropped the buffered tail: {r:?}");
     assert_eq!(r.dropped, dropped.lock().unwrap().len() as u64, "every drop counted was reported");
-    assert!(r.delivered + r.dropped < 3000, "a batch is still with the destination: {r:?}");
+    assert!(r.delivered + r.dropped < u64::from(EVENTS), "a batch is still with the destination: {r:?}");
     drop(hold);
     wait_until("every event has an outcome", || {
         let s = q.stats();
-        s.forwarded + s.dropped == 3000
+        s.forwarded + s.dropped == u64::from(EVENTS)
     });
     let delivered = dest.got();
     let dropped = indexes(&dropped.lock().unwrap());
     assert_eq!(delivered, (0..delivered.len() as u32).collect::<Vec<_>>(), "delivered in order, no gap");
     let mut outcomes: Vec<u32> = delivered.iter().chain(&dropped).copied().collect();
     outcomes.sort_unstable();
-    assert_eq!(outcomes, (0..3000).collect::<Vec<_>>(), "each event delivered or dropped, once");
+    assert_eq!(outcomes, (0..EVENTS).collect::<Vec<_>>(), "each event delivered or dropped, once");
     if refuse {
-        assert_eq!(delivered.len(), 1100, "after the deadline the rest of the batch is dropped, not written");
+        assert_eq!(delivered.len(), STUCK as usize, "after the deadline the rest of the batch is dropped, not written");
     }
 }
 
