@@ -139,6 +139,22 @@ fn scenarios() -> Vec<Scenario> {
             candidate: h4_c_program,
             reference: h4_rust_lb,
         },
+        Scenario {
+            name: "fanout-2-pipelines",
+            reference_name: "h1-pipeline",
+            goal: 0.3,
+            scale: 1,
+            candidate: fanout::each_event,
+            reference: h1_pipeline,
+        },
+        Scenario {
+            name: "fanout-2-pipelines-batch",
+            reference_name: "h3-batch",
+            goal: 0.3,
+            scale: 4,
+            candidate: fanout::batches,
+            reference: h3_batch,
+        },
     ]
 }
 
@@ -462,6 +478,106 @@ mod c_abi {
             );
             s.events as f64 / elapsed.as_secs_f64()
         }
+    }
+}
+
+/// The fan-out users build from sinks: one writer, a [`Broadcaster`] of two outputs,
+/// each a [`QueueSink`] (so a slow output cannot stall the other) over a
+/// [`PipelineSink`] whose pipeline has one no-op client. Every event reaches both
+/// pipelines, so the rate is events per second per output.
+///
+/// [`Broadcaster`]: conveyor::sink::Broadcaster
+/// [`QueueSink`]: conveyor::sink::QueueSink
+/// [`PipelineSink`]: conveyor::sink::PipelineSink
+mod fanout {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use conveyor::sink::{Broadcaster, Overflow, PipelineSink, QueueSink, Sink};
+    use conveyor::{AnyClient, Config, Pipeline, ProducerOptions};
+
+    use super::{NoopClient, Settings, BATCH, FLUSH_TIMEOUT, PAYLOAD_BYTES, THROUGHPUT_CONFIG};
+
+    const OUTPUTS: usize = 2;
+    /// Each output's buffer holds as many events as its pipeline's queue.
+    const QUEUE_SINK_EVENTS: usize = 8192;
+
+    /// One `write` per event.
+    pub(super) fn each_event(s: &Settings) -> f64 {
+        run(s, |fanout, events| {
+            let mut event = [0u8; PAYLOAD_BYTES];
+            for seq in 0..events {
+                event[..8].copy_from_slice(&seq.to_le_bytes());
+                fanout.write(&event).expect("write");
+            }
+        })
+    }
+
+    /// `write_batch` of [`BATCH`] events.
+    pub(super) fn batches(s: &Settings) -> f64 {
+        run(s, |fanout, events| {
+            let storage = vec![[7u8; PAYLOAD_BYTES]; BATCH];
+            let views: Vec<&[u8]> = storage.iter().map(|e| &e[..]).collect();
+            let mut left = events as usize;
+            while left > 0 {
+                let n = left.min(BATCH);
+                fanout.write_batch(&views[..n]).expect("write_batch");
+                left -= n;
+            }
+        })
+    }
+
+    /// Builds the fan-out, runs `write(fanout, events)` on this thread and returns events
+    /// per second per output, timed until both pipelines acknowledged every event;
+    /// panics if either pipeline's accounting does not balance.
+    fn run(s: &Settings, write: impl FnOnce(&Broadcaster, u64)) -> f64 {
+        let mut config = Config::default();
+        for (key, value) in THROUGHPUT_CONFIG {
+            config.set(key, value).expect("benchmark configuration");
+        }
+        for (key, value) in &s.config {
+            config.set(key, value).unwrap_or_else(|e| panic!("BENCH_CONFIG: {e}"));
+        }
+        let total = s.events;
+        // Each output's ACK callback says when its pipeline acknowledged the last event.
+        let (all_acked, wait_all_acked) = crossbeam_channel::bounded::<()>(OUTPUTS);
+        let mut pipelines = Vec::new();
+        let mut outputs: Vec<Arc<dyn Sink>> = Vec::new();
+        for _ in 0..OUTPUTS {
+            let pipeline = Arc::new(
+                Pipeline::builder(config.clone()).any_client(AnyClient::sync(NoopClient)).build().expect("pipeline"),
+            );
+            let acked = AtomicU64::new(0);
+            let all_acked = all_acked.clone();
+            let on_ack = Box::new(move |n: u64| {
+                if acked.fetch_add(n, Ordering::Relaxed) + n == total {
+                    let _ = all_acked.send(());
+                }
+            });
+            let options = ProducerOptions { on_ack: Some(on_ack), ..Default::default() };
+            let sink = PipelineSink::new(pipeline.clone(), options, None, Duration::from_secs(10)).expect("pipeline sink");
+            let queue = QueueSink::new(Arc::new(sink), QUEUE_SINK_EVENTS, Overflow::Block, FLUSH_TIMEOUT, None)
+                .expect("queue sink");
+            outputs.push(Arc::new(queue));
+            pipelines.push(pipeline);
+        }
+        let fanout = Broadcaster::new(outputs);
+        let started = Instant::now();
+        write(&fanout, total);
+        for _ in 0..OUTPUTS {
+            wait_all_acked.recv_timeout(FLUSH_TIMEOUT).expect("every output acknowledged every event");
+        }
+        let elapsed = started.elapsed();
+        fanout.close().expect("close");
+        for pipeline in &pipelines {
+            let stats = pipeline.stats();
+            assert!(
+                stats.acked == total && stats.dropped == 0 && stats.in_flight == 0,
+                "accounting does not balance: {total} written, pipeline stats {stats:?}"
+            );
+        }
+        total as f64 / elapsed.as_secs_f64()
     }
 }
 

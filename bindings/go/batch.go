@@ -68,6 +68,29 @@ func (m *batchMemory) reserve(n, staged int) {
 	}
 }
 
+// rawView is a conveyor_bytes written as numbers. Views live in C memory, whose
+// previous contents (left by conveyor or an earlier use) may look like pointers
+// into Go's heap: a pointer store there would hand that old value to the garbage
+// collector's write barrier, which aborts on a pointer to a freed span. Stored as
+// numbers, nothing is shaded. What a view points to is C memory, or Go memory
+// pinned for as long as the view is used.
+type rawView struct{ data, len uintptr }
+
+// rawView must have conveyor_bytes' layout.
+var _ [unsafe.Sizeof(C.conveyor_bytes{}) - unsafe.Sizeof(rawView{})]byte
+var _ [unsafe.Sizeof(rawView{}) - unsafe.Sizeof(C.conveyor_bytes{})]byte
+var _ [unsafe.Offsetof(C.conveyor_bytes{}.len) - unsafe.Offsetof(rawView{}.len)]byte
+
+// setView stores a view of data (empty: NULL) in *view.
+func setView(view *C.conveyor_bytes, data []byte) {
+	raw := (*rawView)(unsafe.Pointer(view))
+	if len(data) == 0 {
+		*raw = rawView{}
+		return
+	}
+	*raw = rawView{data: uintptr(unsafe.Pointer(&data[0])), len: uintptr(len(data))}
+}
+
 // prepare fills the views of events: small events copied into the staging area,
 // large ones pinned and viewed in place, empty ones as NULL. The views stay valid
 // until release.
@@ -89,15 +112,15 @@ func (a *batchArgs) prepare(events [][]byte) []C.conveyor_bytes {
 	for i, e := range events {
 		switch {
 		case len(e) == 0:
-			views[i] = C.conveyor_bytes{}
+			setView(&views[i], nil)
 		case len(e) < pinThreshold:
 			n := copy(staging[offset:], e)
-			views[i] = C.conveyor_bytes{data: (*C.uint8_t)(&staging[offset]), len: C.size_t(n)}
+			setView(&views[i], staging[offset:offset+n])
 			offset += n
 		default:
 			a.pinner.Pin(&e[0])
 			a.pinnedViews = views
-			views[i] = C.conveyor_bytes{data: (*C.uint8_t)(&e[0]), len: C.size_t(len(e))}
+			setView(&views[i], e)
 		}
 	}
 	return views
@@ -105,10 +128,17 @@ func (a *batchArgs) prepare(events [][]byte) []C.conveyor_bytes {
 
 // release unpins what prepare pinned and returns a to the pool.
 func (a *batchArgs) release() {
+	a.unpin()
+	batchArgsPool.Put(a)
+}
+
+// unpin clears the views of pinned memory, then unpins it.
+func (a *batchArgs) unpin() {
 	if a.pinnedViews != nil {
-		clear(a.pinnedViews)
+		for i := range a.pinnedViews {
+			setView(&a.pinnedViews[i], nil)
+		}
 		a.pinnedViews = nil
 		a.pinner.Unpin()
 	}
-	batchArgsPool.Put(a)
 }

@@ -3,9 +3,11 @@ package conveyor
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // forwardingClient publishes every batch it receives into another pipeline: the
@@ -124,4 +126,48 @@ func TestConcurrentBatchesPinTheSameEvents(t *testing.T) {
 	if acked, _ := o.totals(); acked != count*publishers {
 		t.Fatalf("acked %d, want %d", acked, count*publishers)
 	}
+}
+
+// The C memory views are written into was used before (malloc hands out what
+// conveyor freed, such as its own arrays of views of pinned events): what it held
+// may look like pointers into Go's heap, to objects since freed. Views must be
+// stored without a write barrier, which would hand those old values to the garbage
+// collector, and it aborts the program on a pointer to a freed span (seen as a
+// "found bad pointer in Go heap" crash of concurrent pinned batches).
+func TestViewsOverReusedCMemoryAreNotSeenByTheGarbageCollector(t *testing.T) {
+	stale := func() uintptr {
+		b := make([]byte, 1<<20)
+		return uintptr(unsafe.Pointer(&b[0]))
+	}()
+	runtime.GC()
+	runtime.GC()
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				runtime.GC()
+			}
+		}
+	}()
+	args := &batchArgs{mem: new(batchMemory)}
+	defer args.mem.free()
+	events := [][]byte{event(1, 10), nil, event(2, pinThreshold)}
+	for range 3000 {
+		args.mem.reserve(len(events), 10)
+		words := unsafe.Slice((*uintptr)(unsafe.Pointer(args.mem.views)), args.mem.viewsCap*2)
+		for i := range words {
+			words[i] = stale
+		}
+		views := args.prepare(events)
+		if views[1].data != nil || views[1].len != 0 || uint64(views[2].len) != pinThreshold {
+			t.Fatalf("views %v", views)
+		}
+		args.unpin()
+	}
+	close(stop)
+	<-stopped
 }

@@ -270,9 +270,11 @@ func (q *QueueSink) Close() error {
 }
 
 // CloseWithin stops accepting events, delivers what is buffered for up to timeout,
-// drops (reporting to OnDrop) the rest, closes the destination and releases the
-// queue. It returns within timeout even when the destination is stuck (its write in
-// progress finishes on its own). Calling it again returns the same report.
+// drops (reporting to OnDrop) the rest, closes the destination, gives a write still
+// in progress timeout again to return (closing the destination usually ends it) and
+// releases the queue. It returns within twice timeout even when the destination is
+// stuck (its write in progress finishes on its own). Calling it again returns the
+// same report.
 func (q *QueueSink) CloseWithin(timeout time.Duration) (QueueSinkReport, error) {
 	defer runtime.KeepAlive(q)
 	r := q.ref

@@ -846,6 +846,22 @@ conveyor_result conveyor_producer_publish_batch(struct conveyor_producer *p,
                                                 size_t *accepted);
 
 /**
+ * Publishes `n` events laid end to end in `data` (`data_len` bytes): event `i` is the
+ * next `lens[i]` bytes. As conveyor_producer_publish_batch() otherwise (the copy, the
+ * wait, `*accepted`, a partial batch), but whole runs of events are copied at once: the
+ * fastest way to publish many small events. `data` may be NULL only when `data_len` is
+ * 0, `lens` only when `n` is 0. The lengths must add up to `data_len`
+ * (CONVEYOR_ERR_INVALID_ARGUMENT otherwise, nothing accepted).
+ */
+conveyor_result conveyor_producer_publish_packed(struct conveyor_producer *p,
+                                                 const uint8_t *data,
+                                                 size_t data_len,
+                                                 const uint32_t *lens,
+                                                 size_t n,
+                                                 uint64_t timeout_ms,
+                                                 size_t *accepted);
+
+/**
  * Cancels the producer: later publishes fail with CONVEYOR_ERR_CANCELLED. With
  * `drop_on_cancel`, its events no client has taken yet are removed and reported
  * through on_drop; `*removed` (may be NULL) receives how many. Events already taken
@@ -1001,8 +1017,11 @@ conveyor_result conveyor_queue_sink_new_with_options(struct conveyor_sink *dst,
 /**
  * Closes a queue sink with a deadline: stops accepting events, delivers what it
  * buffers for up to `timeout_ms` (UINT64_MAX: no limit), drops and reports the rest,
- * then closes the destination. Returns within the timeout even when the destination
- * blocks (its stuck write finishes on its own; the queue's thread ends after it).
+ * then closes the destination; a write still under way gets the timeout again to
+ * return (closing the destination usually ends it), so the report counts its events.
+ * Returns within twice the timeout plus the destination's close even when the
+ * destination blocks (a write that outlasts that finishes on its own; the queue's
+ * thread ends after it).
  * `*report` (may be NULL) receives the counts over the queue's life and whether it
  * drained. Calling it again (or after conveyor_sink_close()) reports again.
  *

@@ -50,9 +50,17 @@ func TestPublishDeliversInOrderAndACKsEveryEvent(t *testing.T) {
 	if err != nil || counts != (Counts{Accepted: n, Acked: n}) {
 		t.Fatalf("Counts = %+v, %v", counts, err)
 	}
-	s, err := p.Stats()
-	if err != nil {
-		t.Fatal(err)
+	// The worker counts a batch's events in its client's stats just after settling
+	// it, so the last batch's count may trail the ACK that let Flush return.
+	var s Stats
+	for deadline := time.Now().Add(patience); ; {
+		if s, err = p.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Clients) != 1 || s.Clients[0].Events == n || time.Now().After(deadline) {
+			break
+		}
+		runtime.Gosched()
 	}
 	if s.Mode != "single" || s.Accepted != n || s.Acked != n || s.InFlight != 0 || len(s.Clients) != 1 ||
 		s.Clients[0].Events != n || s.Clients[0].State != "active" || s.Queue.CapacityEvents != 4096 {
@@ -612,18 +620,55 @@ func fillQueue(t *testing.T, prod *Producer) int {
 	}
 }
 
+// fillStage publishes into a producer whose queue is full until its stage is full
+// too (a publish would wait); returns how many were accepted.
+func fillStage(t *testing.T, prod *Producer) int {
+	t.Helper()
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; ; i++ {
+		err := prod.Publish(ended, event(uint64(1_000_000+i), 16))
+		if errors.Is(err, context.Canceled) {
+			return i
+		}
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if i > stageEvents {
+			t.Fatal("the stage never filled up")
+		}
+	}
+}
+
 func TestContextCancelsBlockedCalls(t *testing.T) {
+	t.Run("NoLinger", func(t *testing.T) { contextCancelsBlockedCalls(t, NoLinger) })
+	t.Run("staged", func(t *testing.T) { contextCancelsBlockedCalls(t, 0) })
+}
+
+// With a stage, a publish blocks only once the stage is full too: with queue.events
+// 8 the stage holds 8 events.
+func contextCancelsBlockedCalls(t *testing.T, linger time.Duration) {
 	client := newBlockingClient()
 	p := startPipeline(t, fastRetries(Config{QueueEvents: 8, BulkMaxSize: 2}), client)
 	defer client.gate.open()
 	o := newOutcomes()
-	prod := mustProducer(t, p, o.config(false))
+	cfg := o.config(false)
+	cfg.Linger = linger
+	prod := mustProducer(t, p, cfg)
 	accepted := fillQueue(t, prod) // the client holds the first batch it took
 
 	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	staged := 0
+	if linger != NoLinger {
+		for ; staged < 8; staged++ {
+			if err := prod.Publish(ctx, event(uint64(accepted+staged), 16)); err != nil {
+				t.Fatalf("staged publish %d into a full queue: %v", staged, err)
+			}
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- prod.Publish(ctx, event(999, 16)) }()
-	cancel()
 	cancelled := time.Now()
 	select {
 	case err := <-errc:
@@ -652,13 +697,18 @@ func TestContextCancelsBlockedCalls(t *testing.T) {
 	if err := p.Flush(flushCtx); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Flush past its deadline: %v", err)
 	}
-	if c, _ := prod.Counts(); c.Accepted != uint64(accepted) {
-		t.Fatalf("accepted %d, want %d: a cancelled publish must accept nothing", c.Accepted, accepted)
+	want := Counts{Accepted: uint64(accepted + staged), InFlight: uint64(accepted + staged)}
+	if c, err := prod.Counts(); c != want || err != nil {
+		t.Fatalf("Counts = %+v, %v; want %+v: a cancelled publish must accept nothing", c, err, want)
+	}
+	if s, err := p.Stats(); err != nil || s.Staged != uint64(staged) || s.Accepted != want.Accepted || s.InFlight != want.InFlight {
+		t.Fatalf("Stats: staged %d, accepted %d, in flight %d (%v); want %d, %d, %d",
+			s.Staged, s.Accepted, s.InFlight, err, staged, want.Accepted, want.InFlight)
 	}
 	client.gate.open()
 	mustFlush(t, p)
-	if acked, _ := o.totals(); acked != accepted {
-		t.Fatalf("acked %d, want %d", acked, accepted)
+	if acked, _ := o.totals(); acked != accepted+staged {
+		t.Fatalf("acked %d, want %d", acked, accepted+staged)
 	}
 }
 
@@ -1220,7 +1270,7 @@ func TestProducerCloseUnblocksPublish(t *testing.T) {
 	defer client.gate.open()
 	o := newOutcomes()
 	prod := mustProducer(t, p, o.config(false))
-	accepted := fillQueue(t, prod)
+	accepted := fillQueue(t, prod) + fillStage(t, prod)
 	errc := make(chan error, 2)
 	go func() { errc <- prod.Publish(context.Background(), event(100, 8)) }()
 	go func() {
@@ -1335,14 +1385,17 @@ func (c *countingClient) Publish(events [][]byte) (int, error) {
 func TestPublishingAllocatesNothingPerCall(t *testing.T) {
 	p := startPipeline(t, Config{QueueEvents: 1 << 16, BulkMaxSize: 1024}, &countingClient{})
 	prod := mustProducer(t, p, ProducerConfig{OnACK: func(int) {}})
+	direct := mustProducer(t, p, ProducerConfig{OnACK: func(int) {}, Linger: NoLinger})
 	ctx := patientContext(t)
 	payload := make([]byte, 100)
-	if allocs := testing.AllocsPerRun(2000, func() {
-		if err := prod.Publish(ctx, payload); err != nil {
-			t.Fatal(err)
+	for _, prod := range []*Producer{prod, direct} {
+		if allocs := testing.AllocsPerRun(2000, func() {
+			if err := prod.Publish(ctx, payload); err != nil {
+				t.Fatal(err)
+			}
+		}); allocs != 0 {
+			t.Errorf("Publish (staged: %v) allocates %.2f times per call", prod.stage != nil, allocs)
 		}
-	}); allocs != 0 {
-		t.Errorf("Publish allocates %.2f times per call", allocs)
 	}
 	batch := make([][]byte, 64)
 	for i := range batch {

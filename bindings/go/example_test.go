@@ -212,3 +212,41 @@ func ExampleNewBroadcaster() {
 	// console: info: retrying
 	// alert: error: disk full
 }
+
+// Events published one at a time in quick succession wait, up to their producer's
+// Linger, to cross into conveyor together (one cgo call per group); Flush, like
+// every call that must see them, hands them over first. NoLinger hands each event
+// over at once.
+func ExampleProducerConfig_linger() {
+	p, err := conveyor.NewPipeline(conveyor.Config{}, &printClient{name: "out"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer p.Close(5 * time.Second)
+	grouped, _ := p.NewProducer(conveyor.ProducerConfig{Linger: 10 * time.Millisecond})
+	direct, _ := p.NewProducer(conveyor.ProducerConfig{Linger: conveyor.NoLinger})
+	ctx := context.Background()
+	for _, e := range []string{"a", "b", "c"} {
+		if err := grouped.Publish(ctx, []byte(e)); err != nil {
+			fmt.Println(err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		fmt.Println(err)
+	}
+	if err := direct.Publish(ctx, []byte("d")); err != nil {
+		fmt.Println(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		fmt.Println(err)
+	}
+	s, _ := p.Stats()
+	fmt.Println("accepted:", s.Accepted, "staged:", s.Staged)
+	// Output:
+	// out: a
+	// out: b
+	// out: c
+	// out: d
+	// accepted: 4 staged: 0
+}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,16 @@ type Pipeline struct {
 	logHandle cgo.Handle
 	// final is the last stats snapshot, taken before the pipeline was freed.
 	final *Stats
+	// closing is set when Close starts: publishes fail from then on, and Close takes
+	// the producers' stages over.
+	closing atomic.Bool
+	// queueEvents and queueBytes are the queue's bounds as configured (0: default),
+	// which bound the producers' stages.
+	queueEvents, queueBytes int
+	// stagedDrops counts the staged events the binding gave up on, all producers.
+	stagedDrops atomic.Uint64
+	// stagesMu lets one call at a time (Stats) hold every producer's stage lock.
+	stagesMu sync.Mutex
 
 	producersMu sync.Mutex
 	producers   map[*Producer]struct{}
@@ -64,7 +75,8 @@ func NewPipeline(cfg Config, clients ...Client) (*Pipeline, error) {
 		deleteFrom(0)
 		return nil, err
 	}
-	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{})}
+	p := &Pipeline{log: sink, producers: make(map[*Producer]struct{}), queueEvents: cfg.QueueEvents,
+		queueBytes: cfg.QueueBytes}
 	// From here on the C config owns every handle it took: conveyor_config_free
 	// releases them through free_userdata.
 	fail := func(err error, untaken int) (*Pipeline, error) {
@@ -114,30 +126,105 @@ func addSinkClient(sc *sinkClient, add func(*C.conveyor_sink) C.conveyor_result)
 	return nil
 }
 
-// Close stops accepting events, delivers what it can within timeout, drops the rest
-// (reporting each dropped event through its producer's OnDrop), closes the clients,
-// stops conveyor's threads, then frees every producer still open and the pipeline.
-// It returns within timeout plus one client call in progress. Closing again does
-// nothing and returns nil. Called from a conveyor callback it returns an error
-// matching ErrInvalidArgument and does nothing (it would wait for itself).
+// Close stops accepting events, hands the producers' staged events to conveyor,
+// delivers what it can within timeout, drops the rest (reporting each dropped event
+// through its producer's OnDrop; staged events that never found room in the queue
+// last, after every other outcome), closes the clients, stops conveyor's threads,
+// then frees every producer still open and the pipeline. It returns within timeout
+// plus one client call in progress. Closing again does nothing and returns nil.
+// Called from a conveyor callback it returns an error matching ErrInvalidArgument
+// and does nothing (it would wait for itself).
 func (p *Pipeline) Close(timeout time.Duration) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	start := time.Now()
 	p.mu.RLock()
 	if p.c == nil {
 		p.mu.RUnlock()
 		return nil
 	}
+	// A flush that does not wait refuses exactly where close would: from a callback.
+	if r := C.conveyor_pipeline_flush(p.c, 0); r == C.CONVEYOR_ERR_INVALID_ARGUMENT {
+		err := lastError(r)
+		p.mu.RUnlock()
+		return err
+	}
+	p.closing.Store(true)
+	p.mu.RUnlock()
+	// No lock of the pipeline is held while the stages are handed over (for up to
+	// the whole timeout) nor while drops are reported (OnDrop may call Stats).
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	for _, prod := range p.stagedProducers() {
+		// Once the time is up each stage still gets one try (what fits now).
+		_ = prod.handOverStage(ctx, "close", watchNothing)
+	}
+	cancel()
+	p.mu.RLock()
+	if p.c == nil { // another Close finished meanwhile
+		p.mu.RUnlock()
+		return nil
+	}
 	var err error
-	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout)); r != C.CONVEYOR_OK {
+	if r := C.conveyor_pipeline_close(p.c, durationMs(timeout-time.Since(start))); r != C.CONVEYOR_OK {
 		err = lastError(r)
 	}
+	var left []producerDrop
+	if err == nil {
+		for _, prod := range p.stagedProducers() {
+			left = append(left, producerDrop{prod, prod.takeStage("the pipeline closed before it was delivered")})
+		}
+	}
 	p.mu.RUnlock()
+	reportAll(left)
 	if err != nil {
 		return err
 	}
 	p.release()
 	return nil
+}
+
+// producerDrop is a stageDrop and the producer to report it to.
+type producerDrop struct {
+	prod *Producer
+	drop stageDrop
+}
+
+func reportAll(drops []producerDrop) {
+	for _, d := range drops {
+		d.prod.report(d.drop)
+	}
+}
+
+// stagedProducers lists the open producers that have a stage.
+func (p *Pipeline) stagedProducers() []*Producer {
+	p.producersMu.Lock()
+	defer p.producersMu.Unlock()
+	var staged []*Producer
+	for prod := range p.producers {
+		if prod.stage != nil {
+			staged = append(staged, prod)
+		}
+	}
+	return staged
+}
+
+// handOverStages hands every producer's staged events to conveyor, waiting for room
+// until ctx ends or w says stop.
+func (p *Pipeline) handOverStages(ctx context.Context, op string, w watch) error {
+	for _, prod := range p.stagedProducers() {
+		if err := prod.handOverStage(ctx, op, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// takeStage gives up on what is left in the stage, to be reported through OnDrop.
+func (p *Producer) takeStage(reason string) stageDrop {
+	s := p.stage
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.takeOut(reason)
 }
 
 // release frees a closed pipeline and its remaining producers, once.
@@ -147,7 +234,8 @@ func (p *Pipeline) release() {
 	if p.c == nil {
 		return
 	}
-	if s, err := p.statsOf(); err == nil {
+	// Close took the stages over: this hands nothing over and finds nothing to drop.
+	if s, _, err := p.statsWithStages(); err == nil {
 		p.final = &s
 	}
 	p.producersMu.Lock()
@@ -164,13 +252,32 @@ func (p *Pipeline) release() {
 	}
 }
 
-// Flush waits until every event accepted so far has had its outcome reported (its
-// OnACK or OnDrop returned), or until ctx ends (an error matching ctx.Err(); delivery
-// goes on). Called from a conveyor callback it returns an error matching
-// ErrInvalidArgument.
+// Flush hands the producers' staged events to conveyor (waiting for room as a
+// publish would), then waits until every event accepted so far has had its outcome
+// reported (its OnACK or OnDrop returned), or until ctx ends (an error matching
+// ctx.Err(); delivery goes on). Called from a conveyor callback it returns an error
+// matching ErrInvalidArgument.
 func (p *Pipeline) Flush(ctx context.Context) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	p.mu.RLock()
+	if p.c == nil {
+		p.mu.RUnlock()
+		return errPipelineClosed()
+	}
+	// Refused from a callback (or once closed) before it waits for anything.
+	r := C.conveyor_pipeline_flush(p.c, 0)
+	var err error
+	if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
+		err = lastError(r)
+	}
+	p.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if err := p.handOverStages(ctx, "flush", watchClosing); err != nil {
+		return err
+	}
 	for {
 		ms, err := waitSlice(ctx, "flush")
 		if err != nil {
@@ -200,14 +307,19 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 	defer runtime.UnlockOSThread()
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if p.c == nil {
+	if p.c == nil || p.closing.Load() {
 		return nil, errPipelineClosed()
 	}
+	prod := &Producer{pipeline: p, dropOnCancel: cfg.DropOnCancel}
 	var h C.uintptr_t
 	if cfg.OnACK != nil || cfg.OnDrop != nil {
-		h = C.uintptr_t(newHandle(&producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}))
+		prod.box = &producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}
+		h = C.uintptr_t(newHandle(prod.box))
+		prod.handle = h
 	}
-	prod := &Producer{pipeline: p}
+	if cfg.Linger >= 0 {
+		prod.stage = newStage(prod, cfg.Linger, p.queueEvents, p.queueBytes)
+	}
 	r := C.conveyor_go_producer_new(p.c, h, cbool(cfg.OnACK != nil), cbool(cfg.OnDrop != nil),
 		C.uint32_t(cbool(cfg.Guaranteed)), C.uint32_t(cbool(cfg.DropOnCancel)), &prod.c)
 	if r != C.CONVEYOR_OK {
@@ -278,20 +390,60 @@ func (p *Pipeline) RemoveClient(id uint64) error {
 	return nil
 }
 
-// Stats returns a snapshot of every counter. After Close it returns the final
-// snapshot, taken when the pipeline was freed.
+// Stats returns a snapshot of every counter. It first hands the producers' staged
+// events to conveyor, without waiting for room; what is still staged then (the queue
+// was full) is counted in Staged, and in Accepted and InFlight. Staged events the
+// binding gave up on (at Close) count in Accepted and Dropped. After Close it
+// returns the final snapshot, taken when the pipeline was freed.
 func (p *Pipeline) Stats() (Stats, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	p.mu.RLock()
-	defer p.mu.RUnlock()
 	if p.c == nil {
+		defer p.mu.RUnlock()
 		if p.final != nil {
 			return *p.final, nil
 		}
 		return Stats{}, errPipelineClosed()
 	}
-	return p.statsOf()
+	s, drops, err := p.statsWithStages()
+	p.mu.RUnlock()
+	reportAll(drops)
+	return s, err
+}
+
+// statsWithStages is statsOf with the producers' stages, handed over first without
+// waiting: it holds every stage's lock while it reads conveyor's counters, so that
+// no event is counted in both or in neither. A failed hand-over comes back as drops
+// to report once the caller released p.mu. The caller holds p.mu and is locked to
+// its OS thread.
+func (p *Pipeline) statsWithStages() (Stats, []producerDrop, error) {
+	p.stagesMu.Lock()
+	defer p.stagesMu.Unlock()
+	producers := p.stagedProducers()
+	var drops []producerDrop
+	var staged uint64
+	for _, prod := range producers {
+		s := prod.stage
+		s.mu.Lock()
+		if drop, _ := s.handOver(0); drop.events != nil {
+			drops = append(drops, producerDrop{prod, drop})
+		}
+		staged += uint64(s.n - s.head)
+	}
+	st, err := p.statsOf()
+	given := p.stagedDrops.Load()
+	for _, prod := range producers {
+		prod.stage.mu.Unlock()
+	}
+	if err != nil {
+		return Stats{}, drops, err
+	}
+	st.Staged = staged
+	st.Accepted += staged + given
+	st.InFlight += staged
+	st.Dropped += given
+	return st, drops, nil
 }
 
 func errPipelineClosed() error { return goError(ErrClosed, "the pipeline is closed") }

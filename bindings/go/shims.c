@@ -69,12 +69,26 @@ conveyor_result conveyor_go_config_set_logger(conveyor_config *config, uintptr_t
     return conveyor_config_set_logger(config, log_message, (void *)handle);
 }
 
+/* The handle whose on_ack / on_drop is running on this thread (0: none), so that Go
+   can tell whether it reports drops of its own from inside that producer's callback. */
+static _Thread_local uintptr_t producer_in_callback;
+
+uintptr_t conveyor_go_producer_in_callback(void) {
+    return producer_in_callback;
+}
+
 static void producer_ack(void *userdata, uint64_t count) {
+    uintptr_t outer = producer_in_callback;
+    producer_in_callback = (uintptr_t)userdata;
     goConveyorOnACK((uintptr_t)userdata, count);
+    producer_in_callback = outer;
 }
 
 static void producer_drop(void *userdata, const conveyor_bytes *events, size_t n) {
+    uintptr_t outer = producer_in_callback;
+    producer_in_callback = (uintptr_t)userdata;
     goConveyorOnDrop((uintptr_t)userdata, events_arg(events, n), n);
+    producer_in_callback = outer;
 }
 
 static void producer_free(void *userdata) {

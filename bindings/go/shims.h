@@ -20,6 +20,8 @@ conveyor_result conveyor_go_config_set_logger(conveyor_config *config, uintptr_t
 /* A producer whose callbacks are the Go trampolines for `handle` (0: no callbacks). */
 conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
                                          uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out);
+/* The producer handle whose callback runs on this thread, 0 outside producer callbacks. */
+uintptr_t conveyor_go_producer_in_callback(void);
 /* conveyor_completion_done for a completion Go holds as a number. */
 void conveyor_go_completion_done(uintptr_t completion, size_t published, uint32_t status);
 

@@ -10,19 +10,24 @@ import (
 )
 
 // Stats is a consistent snapshot of a pipeline's counters, decoded from the JSON
-// conveyor_pipeline_stats_json produces.
+// conveyor_pipeline_stats_json produces, with the Go producers' stages added (see
+// Pipeline.Stats).
 type Stats struct {
-	Mode           string        `json:"mode"`            // the output mode in use
-	Accepted       uint64        `json:"accepted"`        // events accepted by publish calls
-	Acked          uint64        `json:"acked"`           // events reported acknowledged
-	Dropped        uint64        `json:"dropped"`         // events reported dropped
-	InFlight       uint64        `json:"in_flight"`       // Accepted - Acked - Dropped
-	Duplicates     uint64        `json:"duplicates"`      // events a client may have received twice
-	DroppedBatches uint64        `json:"dropped_batches"` // batches (or their remainders) given up on
-	RetriedBatches uint64        `json:"retried_batches"` // failed attempts that were retried
-	Handoffs       uint64        `json:"handoffs"`        // batches handed to another worker after PublishTimeout
-	Queue          QueueStats    `json:"queue"`
-	Clients        []ClientStats `json:"clients"`
+	Mode           string `json:"mode"`            // the output mode in use
+	Accepted       uint64 `json:"accepted"`        // events accepted by publish calls
+	Acked          uint64 `json:"acked"`           // events reported acknowledged
+	Dropped        uint64 `json:"dropped"`         // events reported dropped
+	InFlight       uint64 `json:"in_flight"`       // Accepted - Acked - Dropped
+	Duplicates     uint64 `json:"duplicates"`      // events a client may have received twice
+	DroppedBatches uint64 `json:"dropped_batches"` // batches (or their remainders) given up on
+	RetriedBatches uint64 `json:"retried_batches"` // failed attempts that were retried
+	Handoffs       uint64 `json:"handoffs"`        // batches handed to another worker after PublishTimeout
+	// Staged: events accepted by Producer.Publish and still in their producers'
+	// stages, not yet in the queue (see ProducerConfig.Linger and Pipeline.Stats);
+	// counted in Accepted and InFlight.
+	Staged  uint64        `json:"staged"`
+	Queue   QueueStats    `json:"queue"`
+	Clients []ClientStats `json:"clients"`
 }
 
 // QueueStats is the queue's occupancy.

@@ -99,6 +99,8 @@ func producerOf(h C.uintptr_t) *producerBox { return cgo.Handle(h).Value().(*pro
 //export goConveyorOnACK
 func goConveyorOnACK(h C.uintptr_t, count C.uint64_t) {
 	box := producerOf(h)
+	box.callbacks.Lock()
+	defer box.callbacks.Unlock()
 	defer func() {
 		if r := recover(); r != nil {
 			box.log.panicked(fmt.Sprintf("OnACK(%d)", count), r)
@@ -110,6 +112,8 @@ func goConveyorOnACK(h C.uintptr_t, count C.uint64_t) {
 //export goConveyorOnDrop
 func goConveyorOnDrop(h C.uintptr_t, events *C.conveyor_bytes, n C.size_t) {
 	box := producerOf(h)
+	box.callbacks.Lock()
+	defer box.callbacks.Unlock()
 	box.views = appendViews(box.views[:0], events, n)
 	defer func() {
 		clear(box.views)

@@ -56,6 +56,10 @@ impl conveyor::sink::Sink for SinkOfPipeline {
         self.sink.write(event)
     }
 
+    fn write_batch(&self, events: &[&[u8]]) -> conveyor::Result<usize, conveyor::sink::BatchError> {
+        self.sink.write_batch(events)
+    }
+
     fn close(&self) -> conveyor::Result<()> {
         self.sink.close()?;
         self.shared.mark_closed();

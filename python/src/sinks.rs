@@ -406,8 +406,9 @@ impl PyQueueSink {
     }
 
     /// Stops accepting events, delivers what is buffered for up to `timeout` seconds
-    /// (None: the queue's `close_timeout`), drops (and reports) the rest, closes `dst`.
-    /// Returns within the timeout even when `dst` is stuck. Returns
+    /// (None: the queue's `close_timeout`), drops (and reports) the rest, closes `dst`
+    /// and gives a write still under way the timeout again to return (closing `dst`
+    /// usually ends it). Returns within twice the timeout even when `dst` is stuck. Returns
     /// `{"delivered", "dropped", "drained"}` over the queue's life; again after close.
     #[pyo3(signature = (timeout=None))]
     fn close<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyDict>> {

@@ -28,8 +28,8 @@ use crate::client::AnyClient;
 use crate::error::{Error, Result};
 use crate::queue::lock;
 use crate::sink::{
-    Broadcaster, ChannelSink, Filter, FnSink, Overflow, PipelineSink, QueueSink, RetryingSink, Sink, SinkBreaker,
-    SinkClient, SinkExponentialBackoff, SinkRetryStrategy, SinkStats,
+    BatchError, Broadcaster, ChannelSink, Filter, FnSink, Overflow, PipelineSink, QueueSink, RetryingSink, Sink,
+    SinkBreaker, SinkClient, SinkExponentialBackoff, SinkRetryStrategy, SinkStats,
 };
 
 // ---------------------------------------------------------------- the write graph
@@ -526,8 +526,11 @@ pub unsafe extern "C" fn conveyor_queue_sink_new_with_options(
 
 /// Closes a queue sink with a deadline: stops accepting events, delivers what it
 /// buffers for up to `timeout_ms` (UINT64_MAX: no limit), drops and reports the rest,
-/// then closes the destination. Returns within the timeout even when the destination
-/// blocks (its stuck write finishes on its own; the queue's thread ends after it).
+/// then closes the destination; a write still under way gets the timeout again to
+/// return (closing the destination usually ends it), so the report counts its events.
+/// Returns within twice the timeout plus the destination's close even when the
+/// destination blocks (a write that outlasts that finishes on its own; the queue's
+/// thread ends after it).
 /// `*report` (may be NULL) receives the counts over the queue's life and whether it
 /// drained. Calling it again (or after conveyor_sink_close()) reports again.
 ///
@@ -919,6 +922,10 @@ struct CallbackPipelineSink {
 impl Sink for CallbackPipelineSink {
     fn write(&self, event: &[u8]) -> Result<()> {
         self.sink.write(event)
+    }
+
+    fn write_batch(&self, events: &[&[u8]]) -> Result<usize, BatchError> {
+        self.sink.write_batch(events)
     }
 
     fn close(&self) -> Result<()> {

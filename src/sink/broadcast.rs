@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Counters, Sink, SinkStats};
+use super::{BatchError, Counters, Sink, SinkStats};
 use crate::error::{Error, Result};
 use crate::queue::lock;
 
@@ -72,23 +72,46 @@ impl Broadcaster {
 
 impl Sink for Broadcaster {
     fn write(&self, event: &[u8]) -> Result<()> {
+        self.write_batch(&[event]).map(drop).map_err(Error::from)
+    }
+
+    /// Hands the whole batch to each member in turn, with one `write_batch` per member
+    /// (more only when a member refuses an event: it is counted as a failure and the
+    /// member gets the events after it). A member that reports [`Error::Closed`] is
+    /// removed and gets no more of the batch; every other member gets every event
+    /// once. Refuses only when the broadcaster itself is closed.
+    fn write_batch(&self, events: &[&[u8]]) -> Result<usize, BatchError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+            return Err(BatchError { accepted: 0, error: Error::Closed });
         }
         let snapshot = lock(&self.members).clone();
-        let mut gone = Vec::new();
+        let mut forwarded = 0;
         for member in snapshot.iter() {
-            match member.write(event) {
-                Ok(()) => Counters::bump(&self.counters.forwarded, 1),
-                Err(Error::Closed) => gone.push(member.clone()),
-                Err(_) => Counters::bump(&self.counters.failures, 1),
+            let mut start = 0;
+            while start < events.len() {
+                match member.write_batch(&events[start..]) {
+                    Ok(n) => {
+                        forwarded += n;
+                        break;
+                    }
+                    Err(BatchError { accepted, error }) => {
+                        forwarded += accepted;
+                        if error == Error::Closed {
+                            let _ = self.remove(member);
+                            break;
+                        }
+                        Counters::bump(&self.counters.failures, 1);
+                        start += accepted + 1;
+                    }
+                }
             }
         }
-        for m in gone {
-            let _ = self.remove(&m);
-        }
-        Counters::bump(&self.counters.written, 1);
-        Ok(())
+        Counters::bump(&self.counters.forwarded, forwarded as u64);
+        Counters::bump(&self.counters.written, events.len() as u64);
+        Ok(events.len())
     }
 
     fn close(&self) -> Result<()> {

@@ -11,7 +11,8 @@ use crate::queue::lock;
 
 /// A bounded channel the application reads events from. A write waits for room;
 /// once closed, every write fails with [`Error::Closed`] (deterministically), while
-/// events already buffered stay readable.
+/// events already buffered stay readable. A batch is written event by event (the
+/// default [`Sink::write_batch`]): each event becomes a buffer the reader owns.
 pub struct ChannelSink {
     tx: Sender<Vec<u8>>,
     rx: Receiver<Vec<u8>>,

@@ -1,9 +1,10 @@
 //! Forward only the events a matcher accepts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::Range;
 use std::sync::Arc;
 
-use super::{Counters, Sink, SinkStats};
+use super::{BatchError, Counters, Sink, SinkStats};
 use crate::error::{Error, Result};
 
 /// Forwards events for which `matches` holds; the others are discarded and the
@@ -19,6 +20,30 @@ impl<M: Fn(&[u8]) -> bool + Send + Sync> Filter<M> {
     /// A filter in front of `dst`.
     pub fn new(dst: Arc<dyn Sink>, matches: M) -> Filter<M> {
         Filter { dst, matches, closed: AtomicBool::new(false), counters: Counters::default() }
+    }
+}
+
+impl<M: Fn(&[u8]) -> bool + Send + Sync> Filter<M> {
+    /// Writes the kept events `events[run]` downstream; a refusal names its place in
+    /// the whole batch.
+    fn pass_on(&self, events: &[&[u8]], run: Range<usize>) -> Result<(), BatchError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let start = run.start;
+        match self.dst.write_batch(&events[run]) {
+            Ok(n) => {
+                Counters::bump(&self.counters.written, n as u64);
+                Counters::bump(&self.counters.forwarded, n as u64);
+                Ok(())
+            }
+            Err(BatchError { accepted, error }) => {
+                Counters::bump(&self.counters.written, accepted as u64 + 1);
+                Counters::bump(&self.counters.forwarded, accepted as u64);
+                Counters::bump(&self.counters.failures, 1);
+                Err(BatchError { accepted: start + accepted, error })
+            }
+        }
     }
 }
 
@@ -38,6 +63,30 @@ impl<M: Fn(&[u8]) -> bool + Send + Sync> Sink for Filter<M> {
             Err(_) => Counters::bump(&self.counters.failures, 1),
         }
         r
+    }
+
+    /// Passes each run of kept events on with one `write_batch`. The matcher sees an
+    /// event once per write of it: when the destination refuses an event, the events
+    /// after it that the matcher already saw (up to the end of that run, plus the
+    /// discarded one that ended it) are seen again if the writer writes them again.
+    fn write_batch(&self, events: &[&[u8]]) -> Result<usize, BatchError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BatchError { accepted: 0, error: Error::Closed });
+        }
+        let mut run_start = 0;
+        for (i, event) in events.iter().enumerate() {
+            if !(self.matches)(event) {
+                self.pass_on(events, run_start..i)?;
+                Counters::bump(&self.counters.written, 1);
+                Counters::bump(&self.counters.filtered, 1);
+                run_start = i + 1;
+            }
+        }
+        self.pass_on(events, run_start..events.len())?;
+        Ok(events.len())
     }
 
     fn close(&self) -> Result<()> {

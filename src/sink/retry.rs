@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Counters, Sink, SinkStats};
+use super::{BatchError, Counters, Sink, SinkStats};
 use crate::error::{Error, Result};
 use crate::queue::lock;
 use crate::retry::Shutdown;
@@ -141,34 +141,61 @@ impl RetryingSink {
 
 impl Sink for RetryingSink {
     fn write(&self, event: &[u8]) -> Result<()> {
+        self.write_batch(&[event]).map(drop).map_err(Error::from)
+    }
+
+    /// Retries the batch from its first event not yet accepted, under the same rules
+    /// as `write`, event by event: an event the strategy gives up on is refused
+    /// ([`Error::Client`], counting that event's attempts) and the events after it are
+    /// left to the caller. Each attempt writes the rest of the batch at once, so the
+    /// strategy is consulted once per attempt (not per event it carries): `proceed`
+    /// before it, `success` after it if it moved any event, `failure` if it stopped at
+    /// a failing one.
+    fn write_batch(&self, events: &[&[u8]]) -> Result<usize, BatchError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
         let _turn = lock(&self.serial);
-        Counters::bump(&self.counters.written, 1);
+        let mut accepted = 0;
+        // Attempts at `events[accepted]`.
         let mut attempts = 0u64;
-        loop {
+        let error = loop {
             if self.closed.load(Ordering::Acquire) {
-                return Err(Error::Closed);
+                break Error::Closed;
             }
             let wait = lock(&self.strategy).proceed();
             if !wait.is_zero() && !self.shutdown.sleep(wait) {
-                return Err(Error::Closed);
+                break Error::Closed;
             }
             attempts += 1;
-            match self.dst.write(event) {
-                Ok(()) => {
-                    lock(&self.strategy).success();
-                    Counters::bump(&self.counters.forwarded, 1);
-                    return Ok(());
+            let (moved, failed) = match self.dst.write_batch(&events[accepted..]) {
+                Ok(n) => (n, None),
+                Err(BatchError { accepted, error }) => (accepted, Some(error)),
+            };
+            if moved > 0 {
+                lock(&self.strategy).success();
+                Counters::bump(&self.counters.forwarded, moved as u64);
+                accepted += moved;
+                attempts = 1;
+            }
+            match failed {
+                None => {
+                    Counters::bump(&self.counters.written, events.len() as u64);
+                    return Ok(events.len());
                 }
-                Err(Error::Closed) => return Err(Error::Closed),
-                Err(e) => {
+                Some(Error::Closed) => break Error::Closed,
+                Some(e) => {
                     Counters::bump(&self.counters.failures, 1);
                     if lock(&self.strategy).failure() {
                         Counters::bump(&self.counters.dropped, 1);
-                        return Err(Error::Client(format!("dropped by the retry strategy after {attempts} attempts: {e}")));
+                        break Error::Client(format!("dropped by the retry strategy after {attempts} attempts: {e}"));
                     }
                 }
             }
-        }
+        };
+        // Like `write`, counts each event it started on, the refused one included.
+        Counters::bump(&self.counters.written, accepted as u64 + 1);
+        Err(BatchError { accepted, error })
     }
 
     fn close(&self) -> Result<()> {
