@@ -9,6 +9,8 @@ package conveyor
 // #cgo nocallback conveyor_producer_publish
 // #cgo noescape conveyor_producer_publish_batch
 // #cgo nocallback conveyor_producer_publish_batch
+// #cgo noescape conveyor_producer_publish_packed
+// #cgo nocallback conveyor_producer_publish_packed
 // #cgo nocallback conveyor_go_producer_in_callback
 // #include "shims.h"
 import "C"

@@ -36,7 +36,8 @@ const (
 
 // stage is where the events a producer publishes one at a time wait, at most the
 // producer's linger, to cross into conveyor together: one
-// conveyor_producer_publish_batch per group instead of one cgo call per event. A
+// conveyor_producer_publish_packed per group instead of one cgo call per event (the
+// events lie end to end in the arena, so conveyor copies the group at once). A
 // staged event is accepted: counted as accepted and in flight, it gets its outcome
 // like any other.
 //
@@ -54,13 +55,13 @@ type stage struct {
 	// first staged event.
 	timer *time.Timer
 
-	// views and arena are C memory, allocated at the first staged event and freed
-	// with the producer: views[head:n] are the events waiting, their bytes in
-	// arena[:used].
-	views         []C.conveyor_bytes
-	arena         []byte
-	head, n, used int
-	// taken is publish_batch's out-parameter, kept here so no call allocates one.
+	// lens and arena are C memory, allocated at the first staged event and freed
+	// with the producer: the events waiting are lens[head:n] long, their bytes
+	// arena[headBytes:used], end to end.
+	lens                     []uint32
+	arena                    []byte
+	head, n, headBytes, used int
+	// taken is publish_packed's out-parameter, kept here so no call allocates one.
 	taken        C.size_t
 	lastHandOver time.Time
 
@@ -181,19 +182,22 @@ func (s *stage) has(size int) bool {
 
 // add copies event into the stage, which has room for it.
 func (s *stage) add(event []byte) {
-	if s.views == nil {
+	if s.lens == nil {
 		s.allocate()
 	}
-	view := &s.views[s.n]
+	s.lens[s.n] = uint32(copy(s.arena[s.used:], event))
+	s.used += len(event)
 	s.n++
-	n := copy(s.arena[s.used:], event)
-	setView(view, s.arena[s.used:s.used+n])
-	s.used += n
 }
 
 func (s *stage) allocate() {
-	s.views = unsafe.Slice((*C.conveyor_bytes)(C.malloc(C.size_t(s.maxEvents)*C.sizeof_conveyor_bytes)), s.maxEvents)
+	s.lens = unsafe.Slice((*uint32)(C.malloc(C.size_t(s.maxEvents)*C.sizeof_uint32_t)), s.maxEvents)
 	s.arena = unsafe.Slice((*byte)(C.malloc(C.size_t(s.maxBytes))), s.maxBytes)
+}
+
+// empty forgets the events waiting (handed over or taken out).
+func (s *stage) empty() {
+	s.head, s.n, s.headBytes, s.used = 0, 0, 0, 0
 }
 
 // arm makes the timer hand the stage over after d.
@@ -218,16 +222,22 @@ func (s *stage) handOver(timeout C.uint64_t) (drop stageDrop, stuck bool) {
 		return stageDrop{}, false
 	}
 	runtime.LockOSThread()
-	r := C.conveyor_producer_publish_batch(s.prod.c, &s.views[s.head], C.size_t(s.n-s.head), timeout, &s.taken)
+	// Not &s.arena[s.headBytes]: the events left may all be empty, after a full arena.
+	data := (*C.uint8_t)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(s.arena)), s.headBytes))
+	r := C.conveyor_producer_publish_packed(s.prod.c, data, C.size_t(s.used-s.headBytes),
+		(*C.uint32_t)(unsafe.Pointer(&s.lens[s.head])), C.size_t(s.n-s.head), timeout, &s.taken)
 	var err error
 	if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
 		err = lastError(r)
 	}
 	runtime.UnlockOSThread()
 	if s.taken > 0 {
+		for _, n := range s.lens[s.head : s.head+int(s.taken)] {
+			s.headBytes += int(n)
+		}
 		s.head += int(s.taken)
 		if s.head == s.n {
-			s.head, s.n, s.used = 0, 0, 0
+			s.empty()
 		}
 		s.lastHandOver = time.Now()
 	}
@@ -244,24 +254,21 @@ func (s *stage) handOver(timeout C.uint64_t) (drop stageDrop, stuck bool) {
 // takeOut empties the stage, copying the events out for OnDrop and counting them
 // as dropped. The caller holds s.mu.
 func (s *stage) takeOut(reason string) stageDrop {
-	pending := s.views[s.head:s.n]
+	pending := s.lens[s.head:s.n]
 	if len(pending) == 0 {
 		return stageDrop{}
 	}
-	size := 0
-	for _, v := range pending {
-		size += int(v.len)
-	}
-	payloads := make([]byte, 0, size)
+	payloads := append([]byte(nil), s.arena[s.headBytes:s.used]...)
 	events := make([][]byte, len(pending))
-	for i, v := range pending {
-		start := len(payloads)
-		payloads = append(payloads, unsafe.Slice((*byte)(unsafe.Pointer(v.data)), int(v.len))...)
-		events[i] = payloads[start:len(payloads):len(payloads)]
+	start := 0
+	for i, n := range pending {
+		end := start + int(n)
+		events[i] = payloads[start:end:end]
+		start = end
 	}
 	s.dropped += uint64(len(events))
 	s.pipeline.stagedDrops.Add(uint64(len(events)))
-	s.head, s.n, s.used = 0, 0, 0
+	s.empty()
 	return stageDrop{events: events, reason: reason}
 }
 
@@ -322,10 +329,10 @@ func (s *stage) fire() {
 
 // freeMemory frees the stage's C memory; the caller holds s.mu.
 func (s *stage) freeMemory() {
-	if s.views != nil {
-		C.free(unsafe.Pointer(unsafe.SliceData(s.views)))
+	if s.lens != nil {
+		C.free(unsafe.Pointer(unsafe.SliceData(s.lens)))
 		C.free(unsafe.Pointer(unsafe.SliceData(s.arena)))
-		s.views, s.arena = nil, nil
+		s.lens, s.arena = nil, nil
 	}
 }
 

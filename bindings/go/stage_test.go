@@ -649,3 +649,58 @@ func TestNoLingerHandsEveryEventOverAtOnce(t *testing.T) {
 		t.Fatalf("Counts %+v, %v; want %d accepted", c, err, accepted)
 	}
 }
+
+// sizeClient waits for its gate, then records the size of every event it publishes.
+type sizeClient struct {
+	gate  chan struct{}
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *sizeClient) Connect(time.Duration) error { return nil }
+func (c *sizeClient) Close() error                { return nil }
+func (c *sizeClient) Publish(events [][]byte) (int, error) {
+	<-c.gate
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range events {
+		c.sizes = append(c.sizes, len(e))
+	}
+	return len(events), nil
+}
+
+// A partial hand-over can take every byte of a full stage and leave only empty
+// events, whose data starts at the very end of the stage's memory: they go over too.
+func TestEmptyEventsLeftAfterAFullStageAreHandedOver(t *testing.T) {
+	client := &sizeClient{gate: make(chan struct{})}
+	// One event handed over at once (the producer is idle), then a stage of 18 (the
+	// queue's size): 16 events below the bypass size and one of 16 bytes fill its
+	// memory exactly, and an empty one; the queue has room for 17 of them.
+	p := startPipeline(t, fastRetries(Config{QueueEvents: 18, BulkMaxSize: 1}), client)
+	prod := mustProducer(t, p, ProducerConfig{Linger: time.Hour})
+	ctx := patientContext(t)
+	const staged = stageBytes/16 - 1
+	want := []int{1}
+	for range 16 {
+		want = append(want, staged)
+	}
+	want = append(want, stageBytes-16*staged, 0)
+	for _, size := range want {
+		if err := prod.Publish(ctx, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := prod.TryPublish([]byte("x")); !errors.Is(err, ErrFull) {
+		t.Fatalf("TryPublish with a full queue: %v, want ErrFull", err)
+	}
+	if n := stagedCount(prod); n != 1 {
+		t.Fatalf("%d events still staged, want the empty one", n)
+	}
+	close(client.gate)
+	mustFlush(t, p)
+	client.mu.Lock()
+	defer client.mu.Unlock()
+	if !slices.Equal(client.sizes, want) {
+		t.Fatalf("delivered sizes %v, want %v", client.sizes, want)
+	}
+}
