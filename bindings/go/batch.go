@@ -17,8 +17,9 @@ import (
 // near 2 KiB (measured on the 2-vCPU development VM, Go 1.26; see README.md).
 const pinThreshold = 2048
 
-// batchArgs is what one PublishBatch call hands to conveyor: the array of views,
-// and the staging area the small events are copied into, both in C memory (so
+// batchArgs is what one PublishBatch call hands to conveyor: the staging area the
+// small events are copied into, end to end, with their lengths, or, when some event
+// is large enough to be pinned instead, an array of views; all in C memory (so
 // conveyor reads no unpinned Go memory and Go keeps no pointer in C) and reused by
 // later calls through batchArgsPool.
 type batchArgs struct {
@@ -35,6 +36,8 @@ type batchArgs struct {
 type batchMemory struct {
 	views      *C.conveyor_bytes
 	viewsCap   int
+	lens       *C.uint32_t
+	lensCap    int
 	staging    *C.uint8_t
 	stagingCap int
 }
@@ -47,6 +50,7 @@ var batchArgsPool = sync.Pool{New: func() any {
 
 func (m *batchMemory) free() {
 	C.free(unsafe.Pointer(m.views))
+	C.free(unsafe.Pointer(m.lens))
 	C.free(unsafe.Pointer(m.staging))
 }
 
@@ -54,13 +58,26 @@ func (m *batchMemory) free() {
 // batch sizes do not reallocate every call.
 func grownCap(need int) int { return max(need+need/4, 64) }
 
-// reserve makes room for n views and staged bytes of staging; what it held is lost.
-func (m *batchMemory) reserve(n, staged int) {
+// reserveViews makes room for n views; what they held is lost.
+func (m *batchMemory) reserveViews(n int) {
 	if m.viewsCap < n {
 		C.free(unsafe.Pointer(m.views))
 		m.viewsCap = grownCap(n)
 		m.views = (*C.conveyor_bytes)(C.malloc(C.size_t(m.viewsCap) * C.sizeof_conveyor_bytes))
 	}
+}
+
+// reserveLens makes room for n lengths; what they held is lost.
+func (m *batchMemory) reserveLens(n int) {
+	if m.lensCap < n {
+		C.free(unsafe.Pointer(m.lens))
+		m.lensCap = grownCap(n)
+		m.lens = (*C.uint32_t)(C.malloc(C.size_t(m.lensCap) * C.sizeof_uint32_t))
+	}
+}
+
+// reserveStaging makes room for staged bytes; what it held is lost.
+func (m *batchMemory) reserveStaging(staged int) {
 	if m.stagingCap < staged {
 		C.free(unsafe.Pointer(m.staging))
 		m.stagingCap = grownCap(staged)
@@ -91,23 +108,44 @@ func setView(view *C.conveyor_bytes, data []byte) {
 	*raw = rawView{data: uintptr(unsafe.Pointer(&data[0])), len: uintptr(len(data))}
 }
 
-// prepare fills the views of events: small events copied into the staging area,
-// large ones pinned and viewed in place, empty ones as NULL. The views stay valid
-// until release.
-func (a *batchArgs) prepare(events [][]byte) []C.conveyor_bytes {
-	staged := 0
+// preparedBatch is a PublishBatch's events as conveyor reads them: packed end to
+// end in data with their lens, or, when some are pinned, as views (then lens is nil).
+type preparedBatch struct {
+	data  []byte
+	lens  []uint32
+	views []C.conveyor_bytes
+}
+
+// prepare copies the events into C memory, end to end, unless one is of
+// pinThreshold bytes or more: then small events are copied, large ones pinned and
+// viewed in place, empty ones viewed as NULL. It stays valid until release.
+func (a *batchArgs) prepare(events [][]byte) preparedBatch {
+	staged, pinned := 0, false
 	for _, e := range events {
 		if len(e) < pinThreshold {
 			staged += len(e)
+		} else {
+			pinned = true
 		}
 	}
 	m := a.mem
-	m.reserve(len(events), staged)
-	views := unsafe.Slice(m.views, len(events))
+	m.reserveStaging(staged)
 	var staging []byte
 	if staged > 0 {
 		staging = unsafe.Slice((*byte)(unsafe.Pointer(m.staging)), staged)
 	}
+	if !pinned {
+		m.reserveLens(len(events))
+		lens := unsafe.Slice((*uint32)(unsafe.Pointer(m.lens)), len(events))
+		offset := 0
+		for i, e := range events {
+			lens[i] = uint32(copy(staging[offset:], e))
+			offset += len(e)
+		}
+		return preparedBatch{data: staging, lens: lens}
+	}
+	m.reserveViews(len(events))
+	views := unsafe.Slice(m.views, len(events))
 	offset := 0
 	for i, e := range events {
 		switch {
@@ -123,7 +161,30 @@ func (a *batchArgs) prepare(events [][]byte) []C.conveyor_bytes {
 			setView(&views[i], e)
 		}
 	}
-	return views
+	return preparedBatch{views: views}
+}
+
+// publish hands the events from the first not yet accepted to conveyor, waiting up
+// to timeout for room, and stores in *taken how many it accepted. skipped is the
+// bytes of the events accepted so far.
+func (b preparedBatch) publish(c *C.conveyor_producer, accepted, skipped int, timeout C.uint64_t,
+	taken *C.size_t) C.conveyor_result {
+	if b.lens == nil {
+		return C.conveyor_producer_publish_batch(c, &b.views[accepted], C.size_t(len(b.views)-accepted), timeout, taken)
+	}
+	// Not &b.data[skipped]: the events left may all be empty, at the end of data.
+	data := (*C.uint8_t)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b.data)), skipped))
+	return C.conveyor_producer_publish_packed(c, data, C.size_t(len(b.data)-skipped),
+		(*C.uint32_t)(unsafe.Pointer(&b.lens[accepted])), C.size_t(len(b.lens)-accepted), timeout, taken)
+}
+
+// bytes is the size of the events accepted..accepted+taken, for the packed form.
+func (b preparedBatch) bytes(accepted, taken int) int {
+	n := 0
+	for _, l := range b.lens[accepted : accepted+taken] {
+		n += int(l)
+	}
+	return n
 }
 
 // release unpins what prepare pinned and returns a to the pool.

@@ -157,12 +157,12 @@ func TestViewsOverReusedCMemoryAreNotSeenByTheGarbageCollector(t *testing.T) {
 	defer args.mem.free()
 	events := [][]byte{event(1, 10), nil, event(2, pinThreshold)}
 	for range 3000 {
-		args.mem.reserve(len(events), 10)
+		args.mem.reserveViews(len(events))
 		words := unsafe.Slice((*uintptr)(unsafe.Pointer(args.mem.views)), args.mem.viewsCap*2)
 		for i := range words {
 			words[i] = stale
 		}
-		views := args.prepare(events)
+		views := args.prepare(events).views
 		if views[1].data != nil || views[1].len != 0 || uint64(views[2].len) != pinThreshold {
 			t.Fatalf("views %v", views)
 		}

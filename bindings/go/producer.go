@@ -275,9 +275,9 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 		return 0, err
 	}
 	args := batchArgsPool.Get().(*batchArgs)
-	views := args.prepare(events)
+	batch := args.prepare(events)
 	defer args.release()
-	accepted := 0
+	accepted, skipped := 0, 0
 	timeout := C.uint64_t(0) // the first attempt takes what fits without waiting
 	for {
 		p.mu.RLock()
@@ -287,13 +287,16 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 		}
 		var taken C.size_t
 		runtime.LockOSThread()
-		r := C.conveyor_producer_publish_batch(p.c, &views[accepted], C.size_t(len(views)-accepted), timeout, &taken)
+		r := batch.publish(p.c, accepted, skipped, timeout, &taken)
 		var err error
 		if r != C.CONVEYOR_OK && r != C.CONVEYOR_ERR_TIMEOUT {
 			err = lastError(r)
 		}
 		runtime.UnlockOSThread()
 		p.mu.RUnlock()
+		if batch.lens != nil {
+			skipped += batch.bytes(accepted, int(taken))
+		}
 		accepted += int(taken)
 		if accepted == len(events) {
 			return accepted, nil
