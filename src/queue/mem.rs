@@ -133,6 +133,11 @@ const SHORT_WAIT: Duration = Duration::from_micros(60);
 /// consumer spins on the lock before it sleeps.
 const LOCKED_RUN: usize = 128;
 
+/// Pause instructions between two tries of the lock in `MemQueue::spin_for_lock`:
+/// with a try per pause, h3-batch ran 88 M events/s, with 16 pauses 108-125 M
+/// (h1-pipeline unchanged, 64 pauses slower again).
+const LOCK_TRY_PAUSES: u32 = 16;
+
 /// Bounds of `State::chunk_events`.
 const CHUNK_EVENTS: std::ops::RangeInclusive<usize> = 16..=16384;
 
@@ -498,6 +503,9 @@ impl MemQueue {
         st
     }
 
+    /// Tries the lock every [`LOCK_TRY_PAUSES`] pauses: each try takes the lock's
+    /// cache line, which is also the start of `State`, from the producer copying
+    /// under the lock.
     fn spin_for_lock(&self) -> MutexGuard<'_, State> {
         let until = Instant::now() + SPIN;
         let mut turns = 0u32;
@@ -507,9 +515,11 @@ impl MemQueue {
                 Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
-            std::hint::spin_loop();
+            for _ in 0..LOCK_TRY_PAUSES {
+                std::hint::spin_loop();
+            }
             turns = turns.wrapping_add(1);
-            if turns % 64 == 0 && Instant::now() >= until {
+            if turns % 8 == 0 && Instant::now() >= until {
                 return lock(&self.state);
             }
         }
