@@ -35,7 +35,7 @@ const REFS_RING: usize = 32;
 /// socket, or as a binding gathers them: event `i` is the next `lens[i]` bytes of
 /// `data`. Publishing them ([`crate::Producer::publish_packed`]) copies whole runs of
 /// events at once instead of one event at a time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Packed<'a> {
     data: &'a [u8],
     lens: &'a [u32],

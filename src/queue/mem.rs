@@ -304,7 +304,8 @@ impl MemQueue {
         while rest.count() > 0 {
             self.open_chunk_room(st);
             let mut chunk = std::mem::take(&mut st.open_chunk);
-            let (now, later) = rest.split_at(rest.count().min(chunk.limit - chunk.refs.len()));
+            let room = chunk.limit - chunk.refs.len();
+            let (now, later) = if rest.count() <= room { (rest, R::default()) } else { rest.split_at(room) };
             chunk.add_producer(producer);
             let added = self.store_run(st, producer, now, &mut chunk.refs);
             chunk.bytes += added;
@@ -326,18 +327,19 @@ impl MemQueue {
             let start = st.open.len();
             let stored = rest.copy_fitting(&mut st.open, refs, st.open_id, producer);
             bytes += st.open.len() - start;
-            if stored < rest.count() {
-                self.freeze(st, rest.event_len(stored));
+            if stored == rest.count() {
+                break;
             }
+            self.freeze(st, rest.event_len(stored));
             rest = rest.split_at(stored).1;
         }
         bytes
     }
 
-    /// How many of `events`, from the first, fit in the queue now.
-    fn fitting<R: EventRun>(&self, st: &State, events: R) -> usize {
+    /// How many of the first `max` of `events` fit in the queue now.
+    fn fitting<R: EventRun>(&self, st: &State, events: R, max: usize) -> usize {
         let (queued, mut bytes) = self.occupancy(st);
-        let n = events.count().min(self.settings.events.saturating_sub(queued));
+        let n = events.count().min(max).min(self.settings.events.saturating_sub(queued));
         if self.settings.bytes == 0 {
             return n;
         }
@@ -369,13 +371,12 @@ impl MemQueue {
                 Err(_) => return Ok(accepted),
             };
             let before = st.waiting;
-            let next = rest.split_at(rest.count().min(LOCKED_RUN)).0;
-            let run = next.split_at(self.fitting(&st, next)).0;
+            let (run, after) = rest.split_at(self.fitting(&st, rest, LOCKED_RUN));
             self.push(&mut st, producer.key, run);
             accepted += run.count();
             self.tracker.accept(&producer.state, run.count() as u64);
             self.signal_consumers(st, before);
-            rest = rest.split_at(run.count()).1;
+            rest = after;
         }
         Ok(accepted)
     }
@@ -824,7 +825,8 @@ impl Queue for MemQueue {
 /// and appends their references (segment `seg`) to `refs`; returns how many. Kept
 /// apart from the queue state so that the loop keeps both vectors in registers.
 /// Events as a publish call passes them: separate slices, or packed end to end.
-trait EventRun: Copy {
+/// The default is no events.
+trait EventRun: Copy + Default {
     fn count(&self) -> usize;
     fn event_len(&self, i: usize) -> usize;
     fn longest(&self) -> usize;
@@ -888,19 +890,20 @@ impl EventRun for Packed<'_> {
     /// One copy for every event that fits: they are contiguous already.
     fn copy_fitting(self, open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32) -> usize {
         let spare = open.capacity() - open.len();
-        let mut bytes = 0;
-        let fit = self
-            .lens()
-            .iter()
-            .position(|&len| {
+        let (fit, run_bytes) = if self.bytes().len() <= spare {
+            (self.len(), self.bytes().len())
+        } else {
+            let mut bytes = 0;
+            let fit = self.lens().iter().position(|&len| {
                 bytes += len as usize;
                 bytes > spare
-            })
-            .unwrap_or(self.len());
-        let (run, _) = self.split_at(fit);
+            });
+            let fit = fit.expect("the events do not fit, so one of them overflows");
+            (fit, bytes - self.lens()[fit] as usize)
+        };
         let mut off = open.len() as u32;
-        open.extend_from_slice(run.bytes());
-        refs.extend(run.lens().iter().map(|&len| {
+        open.extend_from_slice(&self.bytes()[..run_bytes]);
+        refs.extend(self.lens()[..fit].iter().map(|&len| {
             let r = EventRef { seg, off, len, producer };
             off += len;
             r
