@@ -1,7 +1,7 @@
 //! Forward only the events a matcher accepts.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{BatchError, Counters, Sink, SinkStats};
@@ -21,9 +21,7 @@ impl<M: Fn(&[u8]) -> bool + Send + Sync> Filter<M> {
     pub fn new(dst: Arc<dyn Sink>, matches: M) -> Filter<M> {
         Filter { dst, matches, closed: AtomicBool::new(false), counters: Counters::default() }
     }
-}
 
-impl<M: Fn(&[u8]) -> bool + Send + Sync> Filter<M> {
     /// Writes the kept events `events[run]` downstream; a refusal names its place in
     /// the whole batch.
     fn pass_on(&self, events: &[&[u8]], run: Range<usize>) -> Result<(), BatchError> {
