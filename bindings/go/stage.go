@@ -25,7 +25,7 @@ const (
 
 // The bounds of a stage, and so of the memory a producer holds beyond the queue: a
 // group of 256 events spreads the cost of a cgo call (30-40 ns) and of a
-// publish_batch's fixed work to well under a nanosecond per event, and 32 KiB of
+// publish_packed's fixed work to well under a nanosecond per event, and 32 KiB of
 // 100-byte events stays in the CPU's cache between the copy in and the copy out.
 // Groups of 1024 measured the same in h6-go-event, groups of 64 slower. Neither
 // bound exceeds the queue's own (queue.events, queue.bytes).
