@@ -164,7 +164,7 @@ fn run(seed: u64) {
         ledgers.push((ledger.clone(), guaranteed));
         let producer = pipeline.producer(ledger.options(guaranteed)).unwrap();
         let events = rng.gen_range(20..300u32);
-        let style = rng.gen_range(0..3);
+        let style = rng.gen_range(0..4);
         let ctx = ctx.clone();
         let max_len = if c.queue_bytes > 0 { 16 } else { 64 };
         let mut prng = SmallRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(p as u64));
@@ -195,7 +195,13 @@ fn run(seed: u64) {
                         let views: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
                         batch.iter().for_each(|b| ledger.will_publish(b));
                         announced = batch.len();
-                        let r = producer.publish_batch(&views, Some(PATIENCE));
+                        let r = if style == 2 {
+                            producer.publish_batch(&views, Some(PATIENCE))
+                        } else {
+                            let lens: Vec<u32> = batch.iter().map(|b| b.len() as u32).collect();
+                            let data = batch.concat();
+                            producer.publish_packed(Packed::new(&data, &lens).expect("lengths add up"), Some(PATIENCE))
+                        };
                         if let Ok(k) = r {
                             (k..batch.len()).for_each(|_| ledger.rejected());
                         }
