@@ -84,7 +84,7 @@ impl<'a> Packed<'a> {
         self.lens
     }
 
-    /// The first `n` events, and the rest.
+    /// The first `n` events, and the rest. Panics if `n > self.len()`.
     pub fn split_at(&self, n: usize) -> (Packed<'a>, Packed<'a>) {
         let (head, tail) = self.lens.split_at(n);
         let bytes = head.iter().map(|&n| n as usize).sum();
