@@ -821,9 +821,6 @@ impl Queue for MemQueue {
     }
 }
 
-/// Copies the payloads of the leading `events` that fit in `open` without growing it
-/// and appends their references (segment `seg`) to `refs`; returns how many. Kept
-/// apart from the queue state so that the loop keeps both vectors in registers.
 /// Events as a publish call passes them: separate slices, or packed end to end.
 /// The default is no events.
 trait EventRun: Copy + Default {
@@ -833,7 +830,9 @@ trait EventRun: Copy + Default {
     /// The first `n` events, and the rest.
     fn split_at(self, n: usize) -> (Self, Self);
     /// Copies the leading events that fit in the spare capacity of `open` (the segment
-    /// with id `seg`), appends their references to `refs`, and returns how many.
+    /// with id `seg`, never grown), appends their references to `refs`, and returns
+    /// how many. Apart from the queue state so that the loop keeps both vectors in
+    /// registers.
     fn copy_fitting(self, open: &mut Vec<u8>, refs: &mut Vec<EventRef>, seg: u32, producer: u32) -> usize;
 }
 
