@@ -107,7 +107,8 @@ fn check_vtable(v: &conveyor_client_vtable) -> FfiResult {
 ///
 /// The vtable is validated as conveyor_config_add_client() validates it (`struct_size`,
 /// a publish function). On success conveyor owns `userdata`: `free_userdata` runs once,
-/// when the pipeline drops the client; on error the caller keeps it. `log` receives
+/// when the client is dropped (by its pipeline, or by you if it never joins one); on
+/// error the caller keeps it. `log` receives
 /// what the adapter reports about the client (e.g. a callback returning a status
 /// outside CONVEYOR_PUBLISH_*, which fails that batch); `None` discards it.
 ///
