@@ -357,32 +357,12 @@ fn a_queue_sink_worker_drops_exactly_the_events_its_destination_refuses() {
     assert_eq!(q.stats().failures, 1300, "one failure per refused event, as with single writes");
 }
 
-/// Counts `proceed` calls and gives up after `limit` failures in a row.
-struct Counting {
-    proceeds: Arc<AtomicUsize>,
-    failures: usize,
-    limit: usize,
-}
-
-impl SinkRetryStrategy for Counting {
-    fn proceed(&mut self) -> Duration {
-        self.proceeds.fetch_add(1, Ordering::SeqCst);
-        Duration::ZERO
-    }
-    fn failure(&mut self) -> bool {
-        self.failures += 1;
-        self.failures >= self.limit
-    }
-    fn success(&mut self) {
-        self.failures = 0;
-    }
-}
-
 #[test]
 fn a_retrying_sink_gives_up_on_one_event_in_the_middle_of_a_batch() {
     let dest = Dest::new().refusing(3, usize::MAX);
-    let proceeds = Arc::new(AtomicUsize::new(0));
-    let r = RetryingSink::new(dyn_sink(&dest), Box::new(Counting { proceeds: proceeds.clone(), failures: 0, limit: 2 }));
+    let strategy = CountingRetries::new(2);
+    let proceeds = strategy.proceeds.clone();
+    let r = RetryingSink::new(dyn_sink(&dest), Box::new(strategy));
     match r.write_batch(&views(&events(0..10))) {
         Err(BatchError { accepted: 3, error: Error::Client(msg) }) => {
             assert!(msg.contains("dropped by the retry strategy after 2 attempts"), "{msg}")

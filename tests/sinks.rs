@@ -422,34 +422,14 @@ fn retrying_sink_delivers_everything_through_a_flaky_sink() {
     flaky_run(Box::new(SinkExponentialBackoff::new(Duration::from_micros(10), Duration::from_micros(10), Duration::from_micros(500), 9)));
 }
 
-/// A strategy that counts its calls and gives up after `limit` failures.
-struct Counting {
-    calls: Arc<AtomicUsize>,
-    failures: usize,
-    limit: usize,
-}
-
-impl SinkRetryStrategy for Counting {
-    fn proceed(&mut self) -> Duration {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Duration::ZERO
-    }
-    fn failure(&mut self) -> bool {
-        self.failures += 1;
-        self.failures >= self.limit
-    }
-    fn success(&mut self) {
-        self.failures = 0;
-    }
-}
-
 // Case 17
 #[test]
 fn downstream_closed_is_returned_at_once() {
     let p = Probe::new();
     *p.closed_after.lock().unwrap() = Some(0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let r = RetryingSink::new(dyn_sink(&p), Box::new(Counting { calls: calls.clone(), failures: 0, limit: 100 }));
+    let strategy = CountingRetries::new(100);
+    let calls = strategy.proceeds.clone();
+    let r = RetryingSink::new(dyn_sink(&p), Box::new(strategy));
     assert_eq!(r.write(b"x"), Err(Error::Closed));
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt, no retry");
 }
@@ -459,7 +439,7 @@ fn downstream_closed_is_returned_at_once() {
 fn a_strategy_drop_is_reported_to_the_writer() {
     let p = Probe::new();
     p.fail_next.store(10, Ordering::SeqCst);
-    let r = RetryingSink::new(dyn_sink(&p), Box::new(Counting { calls: Arc::default(), failures: 0, limit: 3 }));
+    let r = RetryingSink::new(dyn_sink(&p), Box::new(CountingRetries::new(3)));
     match r.write(b"x") {
         Err(Error::Client(msg)) => assert!(msg.contains("dropped by the retry strategy after 3 attempts"), "{msg}"),
         other => panic!("expected a reported drop, got {other:?}"),

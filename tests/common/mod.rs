@@ -264,3 +264,31 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
+
+/// A sink retry strategy that counts its `proceed` calls (each attempt) and gives up
+/// after `limit` failures in a row.
+pub struct CountingRetries {
+    pub proceeds: Arc<AtomicUsize>,
+    failures: usize,
+    limit: usize,
+}
+
+impl CountingRetries {
+    pub fn new(limit: usize) -> CountingRetries {
+        CountingRetries { proceeds: Arc::default(), failures: 0, limit }
+    }
+}
+
+impl conveyor::sink::SinkRetryStrategy for CountingRetries {
+    fn proceed(&mut self) -> Duration {
+        self.proceeds.fetch_add(1, Ordering::SeqCst);
+        Duration::ZERO
+    }
+    fn failure(&mut self) -> bool {
+        self.failures += 1;
+        self.failures >= self.limit
+    }
+    fn success(&mut self) {
+        self.failures = 0;
+    }
+}
