@@ -5,6 +5,7 @@ package conveyor
 import "C"
 
 import (
+	"math"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -108,18 +109,23 @@ func setView(view *C.conveyor_bytes, data []byte) {
 	*raw = rawView{data: uintptr(unsafe.Pointer(&data[0])), len: uintptr(len(data))}
 }
 
-// preparedBatch is a PublishBatch's events as conveyor reads them: packed end to
-// end in data with their lens, or, when some are pinned, as views (then lens is nil).
+// preparedBatch is a batch's events as conveyor reads them: packed end to end in
+// data (C memory, or Go memory holding no pointers) with their lens, or, when some
+// are pinned, as views.
 type preparedBatch struct {
 	data  []byte
 	lens  []uint32
 	views []C.conveyor_bytes
 }
 
-// prepare copies the events into C memory, end to end, unless one is of
+// prepare lays the events out for conveyor: read in place when they lie end to end
+// already (see inPlace); otherwise copied into C memory, end to end, unless one is of
 // pinThreshold bytes or more: then small events are copied, large ones pinned and
 // viewed in place, empty ones viewed as NULL. It stays valid until release.
 func (a *batchArgs) prepare(events [][]byte) preparedBatch {
+	if batch, ok := a.inPlace(events); ok {
+		return batch
+	}
 	staged, pinned := 0, false
 	for _, e := range events {
 		if len(e) < pinThreshold {
@@ -164,18 +170,50 @@ func (a *batchArgs) prepare(events [][]byte) preparedBatch {
 	return preparedBatch{views: views}
 }
 
+// inPlace is the events as one packed run read where they are, when each starts
+// where the one before ends, all within the backing array of the first (events cut
+// one after another from one buffer). That array holds no Go pointers, so conveyor
+// may read it during the call; only the lengths are written to C memory.
+func (a *batchArgs) inPlace(events [][]byte) (preparedBatch, bool) {
+	first := events[0]
+	// Addresses as numbers: the end of one event may be past its array, where no
+	// pointer may point.
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(first)))
+	m := a.mem
+	m.reserveLens(len(events))
+	lens := unsafe.Slice((*uint32)(unsafe.Pointer(m.lens)), len(events))
+	total := 0
+	for i, e := range events {
+		if len(e) > 0 && (uintptr(unsafe.Pointer(unsafe.SliceData(e))) != base+uintptr(total) ||
+			len(e) > cap(first)-total || len(e) > math.MaxUint32) {
+			return preparedBatch{}, false
+		}
+		lens[i] = uint32(len(e))
+		total += len(e)
+	}
+	return preparedBatch{data: first[:total], lens: lens}, true
+}
+
 // publish hands the events from the first not yet accepted to conveyor, waiting up
 // to timeout for room, and stores in *taken how many it accepted. skipped is the
 // bytes of the events accepted so far.
 func (b preparedBatch) publish(c *C.conveyor_producer, accepted, skipped int, timeout C.uint64_t,
 	taken *C.size_t) C.conveyor_result {
-	if b.lens == nil {
+	if b.views != nil {
 		return C.conveyor_producer_publish_batch(c, &b.views[accepted], C.size_t(len(b.views)-accepted), timeout, taken)
 	}
-	// Not &b.data[skipped]: the events left may all be empty, at the end of data.
-	data := (*C.uint8_t)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b.data)), skipped))
+	// NULL when no byte is left (the events left are empty): a pointer to the end of
+	// data may point past its array, into memory that is not data's.
+	var data *C.uint8_t
+	if skipped < len(b.data) {
+		data = (*C.uint8_t)(unsafe.Pointer(&b.data[skipped]))
+	}
+	var lens *C.uint32_t
+	if accepted < len(b.lens) {
+		lens = (*C.uint32_t)(unsafe.Pointer(&b.lens[accepted]))
+	}
 	return C.conveyor_producer_publish_packed(c, data, C.size_t(len(b.data)-skipped),
-		(*C.uint32_t)(unsafe.Pointer(&b.lens[accepted])), C.size_t(len(b.lens)-accepted), timeout, taken)
+		lens, C.size_t(len(b.lens)-accepted), timeout, taken)
 }
 
 // bytes is the size of the events accepted..accepted+taken, for the packed form.

@@ -850,6 +850,9 @@ func TestUseAfterClose(t *testing.T) {
 		if n, err := prod.PublishBatch(ctx, [][]byte{[]byte("x")}); n != 0 || !errors.Is(err, ErrClosed) {
 			t.Errorf("PublishBatch: %d, %v", n, err)
 		}
+		if n, err := prod.PublishPacked(ctx, []byte("xy"), []uint32{1, 1}); n != 0 || !errors.Is(err, ErrClosed) {
+			t.Errorf("PublishPacked: %d, %v", n, err)
+		}
 		if n := prod.Cancel(); n != 0 {
 			t.Errorf("Cancel: %d", n)
 		}

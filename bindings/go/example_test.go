@@ -95,6 +95,37 @@ func ExampleProducer_PublishBatch() {
 	// stats: accepted 3, acked 3, dropped 0
 }
 
+// Events encoded one after another into one buffer go without a copy on the Go side.
+func ExampleProducer_PublishPacked() {
+	printer := &funcClient{publish: func(events [][]byte) (int, error) {
+		for _, e := range events {
+			fmt.Println(string(e))
+		}
+		return len(events), nil
+	}}
+	p, err := conveyor.NewPipeline(conveyor.Config{}, printer)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	prod, _ := p.NewProducer(conveyor.ProducerConfig{})
+	var data []byte
+	var lens []uint32
+	for _, user := range []string{"ada", "grace", "linus"} {
+		before := len(data)
+		data = fmt.Appendf(data, `{"login":%q}`, user)
+		lens = append(lens, uint32(len(data)-before))
+	}
+	n, err := prod.PublishPacked(context.Background(), data, lens)
+	p.Close(5 * time.Second) // delivers what is queued
+	fmt.Println("accepted:", n, err)
+	// Output:
+	// {"login":"ada"}
+	// {"login":"grace"}
+	// {"login":"linus"}
+	// accepted: 3 <nil>
+}
+
 // upperClient delivers asynchronously: PublishAsync hands the batch to a goroutine,
 // which calls done when the endpoint answered.
 type upperClient struct{ printClient }
