@@ -21,11 +21,15 @@ func benchEvents(b *testing.B, run func(n int) (time.Duration, error)) {
 }
 
 func BenchmarkConveyorPublish(b *testing.B) {
-	benchEvents(b, func(n int) (time.Duration, error) { return runConveyor(n, 1) })
+	benchEvents(b, func(n int) (time.Duration, error) { return runConveyor(n, perEvent) })
 }
 
 func BenchmarkConveyorPublishBatch(b *testing.B) {
-	benchEvents(b, func(n int) (time.Duration, error) { return runConveyor(n, batchSize) })
+	benchEvents(b, func(n int) (time.Duration, error) { return runConveyor(n, batched) })
+}
+
+func BenchmarkConveyorPublishPacked(b *testing.B) {
+	benchEvents(b, func(n int) (time.Duration, error) { return runConveyor(n, packed) })
 }
 
 func BenchmarkChannelPipeline(b *testing.B) { benchEvents(b, runChannel) }

@@ -52,9 +52,18 @@ func pipelineConfig() conveyor.Config {
 	}
 }
 
-// runConveyor publishes n events from one goroutine, one at a time (batch == 1) or
-// in batches, and is timed until every event is acknowledged back to the producer.
-func runConveyor(n, batch int) (time.Duration, error) {
+// publishStyle is how a run hands its events to the producer.
+type publishStyle int
+
+const (
+	perEvent publishStyle = iota // Publish, one event per call
+	batched                      // PublishBatch of batchSize separately allocated events
+	packed                       // PublishPacked of batchSize events laid end to end
+)
+
+// runConveyor publishes n events from one goroutine in the given style, and is timed
+// until every event is acknowledged back to the producer.
+func runConveyor(n int, style publishStyle) (time.Duration, error) {
 	client := &noopClient{}
 	p, err := conveyor.NewPipeline(pipelineConfig(), client)
 	if err != nil {
@@ -71,24 +80,31 @@ func runConveyor(n, batch int) (time.Duration, error) {
 	}
 	ctx := context.Background()
 	payload := make([]byte, payloadSize)
-	views := make([][]byte, batch)
+	views := make([][]byte, batchSize)
 	for i := range views {
 		views[i] = make([]byte, payloadSize)
 	}
+	data := make([]byte, batchSize*payloadSize)
+	lens := make([]uint32, batchSize)
+	for i := range lens {
+		lens[i] = payloadSize
+	}
 
 	start := time.Now()
-	if batch == 1 {
-		for range n {
-			if err := prod.Publish(ctx, payload); err != nil {
-				return 0, err
-			}
+	for i := 0; i < n; {
+		k := min(batchSize, n-i)
+		switch style {
+		case perEvent:
+			k, err = 1, prod.Publish(ctx, payload)
+		case batched:
+			_, err = prod.PublishBatch(ctx, views[:k])
+		case packed:
+			_, err = prod.PublishPacked(ctx, data[:k*payloadSize], lens[:k])
 		}
-	} else {
-		for i := 0; i < n; i += batch {
-			if _, err := prod.PublishBatch(ctx, views[:min(batch, n-i)]); err != nil {
-				return 0, err
-			}
+		if err != nil {
+			return 0, err
 		}
+		i += k
 	}
 	if err := p.Flush(ctx); err != nil {
 		return 0, err
