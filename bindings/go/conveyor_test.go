@@ -83,11 +83,7 @@ func TestPublishBatchCopiesEveryEventInOrder(t *testing.T) {
 	// Batches larger than the queue wait for room part by part.
 	next := uint64(0)
 	for _, size := range []int{1, 7, 300, 1024, 1500, 3} {
-		batch := make([][]byte, size)
-		for i := range batch {
-			batch[i] = event(next, 8+int(next%50))
-			next++
-		}
+		batch := numberedEvents(&next, size)
 		n, err := prod.PublishBatch(ctx, batch)
 		if n != size || err != nil {
 			t.Fatalf("PublishBatch(%d events) = %d, %v", size, n, err)
@@ -113,6 +109,16 @@ func TestPublishBatchCopiesEveryEventInOrder(t *testing.T) {
 	if acked, _ := o.totals(); acked != int(next) {
 		t.Fatalf("acked %d, want %d", acked, next)
 	}
+}
+
+// numberedEvents builds count events of 8 to 57 bytes with the ids from *next on.
+func numberedEvents(next *uint64, count int) [][]byte {
+	batch := make([][]byte, count)
+	for i := range batch {
+		batch[i] = event(*next, 8+int(*next%50))
+		*next++
+	}
+	return batch
 }
 
 // emptyClient checks that zero-length events arrive as empty, usable slices.

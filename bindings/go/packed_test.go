@@ -3,7 +3,6 @@ package conveyor
 import (
 	"errors"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 )
@@ -23,18 +22,7 @@ func packEvents(events [][]byte) ([]byte, []uint32) {
 // intact, and the producer's ACKs count all of them.
 func checkDeliveredInOrder(t *testing.T, l *ledger, o *outcomes, n int) {
 	t.Helper()
-	_, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatalf("corrupt payloads: %v", bad[0])
-	}
-	if len(order) != n {
-		t.Fatalf("delivered %d events, want %d", len(order), n)
-	}
-	for i, id := range order {
-		if id != uint64(i) {
-			t.Fatalf("delivery %d is event %d", i, id)
-		}
-	}
+	checkOrder(t, l, n)
 	if acked, dropped := o.totals(); acked != n || len(dropped) != 0 {
 		t.Fatalf("acked %d, dropped %d; want %d, 0", acked, len(dropped), n)
 	}
@@ -53,12 +41,7 @@ func TestPublishPackedDeliversEveryEventInOrder(t *testing.T) {
 	// check where each later part starts in data.
 	next := uint64(0)
 	for _, size := range []int{1, 7, 300, 1024, 1500, 3} {
-		batch := make([][]byte, size)
-		for i := range batch {
-			batch[i] = event(next, 8+int(next%50))
-			next++
-		}
-		data, lens := packEvents(batch)
+		data, lens := packEvents(numberedEvents(&next, size))
 		if n, err := prod.PublishPacked(ctx, data, lens); n != size || err != nil {
 			t.Fatalf("PublishPacked(%d events) = %d, %v", size, n, err)
 		}
@@ -69,25 +52,9 @@ func TestPublishPackedDeliversEveryEventInOrder(t *testing.T) {
 	checkDeliveredInOrder(t, l, o, int(next))
 }
 
-// lengthsClient records the length of every event it is given.
-type lengthsClient struct {
-	mu   sync.Mutex
-	lens []int
-}
-
-func (c *lengthsClient) Connect(time.Duration) error { return nil }
-func (c *lengthsClient) Close() error                { return nil }
-func (c *lengthsClient) Publish(events [][]byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range events {
-		c.lens = append(c.lens, len(e))
-	}
-	return len(events), nil
-}
-
 func TestPublishPackedEndingInEmptyEventsThatWaitForRoom(t *testing.T) {
-	c := &lengthsClient{}
+	c := &sizeClient{gate: make(chan struct{})}
+	close(c.gate)
 	p := startPipeline(t, fastRetries(Config{QueueEvents: 16, BulkMaxSize: 16}), c)
 	o := newOutcomes()
 	prod := mustProducer(t, p, o.config(false))
@@ -106,8 +73,8 @@ func TestPublishPackedEndingInEmptyEventsThatWaitForRoom(t *testing.T) {
 	mustFlush(t, p)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !slices.Equal(c.lens, want) {
-		t.Fatalf("delivered lengths %v, want %v", c.lens, want)
+	if !slices.Equal(c.sizes, want) {
+		t.Fatalf("delivered lengths %v, want %v", c.sizes, want)
 	}
 	if acked, _ := o.totals(); acked != len(want) {
 		t.Fatalf("acked %d, want %d", acked, len(want))
