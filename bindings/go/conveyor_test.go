@@ -557,21 +557,7 @@ func TestManyGoroutinesPublishing(t *testing.T) {
 	}
 	wg.Wait()
 	mustFlush(t, p)
-	_, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatal(bad[0])
-	}
-	if len(order) != goroutines*each {
-		t.Fatalf("delivered %d, want %d", len(order), goroutines*each)
-	}
-	next := make([]uint64, goroutines)
-	for _, id := range order {
-		g, i := id>>32, id&0xffffffff
-		if i != next[g] {
-			t.Fatalf("goroutine %d: event %d delivered where %d was due", g, i, next[g])
-		}
-		next[g]++
-	}
+	checkOrderPerGoroutine(t, l, goroutines, each)
 	acked := 0
 	if a, _ := shared.totals(); a != goroutines/2*each {
 		t.Fatalf("shared producer acked %d", a)

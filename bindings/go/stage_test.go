@@ -66,6 +66,27 @@ func checkOrder(t *testing.T, l *ledger, n int) {
 	}
 }
 
+// checkOrderPerGoroutine fails unless the ledger got each event once, intact, with
+// every goroutine's events (id: goroutine << 32 | index) in their order.
+func checkOrderPerGoroutine(t *testing.T, l *ledger, goroutines, each int) {
+	t.Helper()
+	_, order, bad := l.snapshot()
+	if len(bad) > 0 {
+		t.Fatal(bad[0])
+	}
+	if len(order) != goroutines*each {
+		t.Fatalf("delivered %d, want %d", len(order), goroutines*each)
+	}
+	next := make([]uint64, goroutines)
+	for _, id := range order {
+		g, i := id>>32, id&0xffffffff
+		if i != next[g] {
+			t.Fatalf("goroutine %d: event %d delivered where %d was due", g, i, next[g])
+		}
+		next[g]++
+	}
+}
+
 func TestStagedDirectBatchAndTryPublishKeepPublishOrder(t *testing.T) {
 	rng := newRand(seed(t))
 	l := newLedger()
@@ -610,21 +631,7 @@ func TestManyGoroutinesOnOneStagedProducer(t *testing.T) {
 	close(stop)
 	<-stopped
 	mustFlush(t, p)
-	_, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatal(bad[0])
-	}
-	if len(order) != goroutines*each {
-		t.Fatalf("delivered %d, want %d", len(order), goroutines*each)
-	}
-	next := make([]uint64, goroutines)
-	for _, id := range order {
-		g, i := id>>32, id&0xffffffff
-		if i != next[g] {
-			t.Fatalf("goroutine %d: event %d delivered where %d was due", g, i, next[g])
-		}
-		next[g]++
-	}
+	checkOrderPerGoroutine(t, l, goroutines, each)
 	if acked, dropped := o.totals(); acked != goroutines*each || len(dropped) != 0 {
 		t.Fatalf("acked %d, dropped %d", acked, len(dropped))
 	}
