@@ -100,6 +100,26 @@ func tagged(writer, index uint32) []byte {
 	return b
 }
 
+// writeTaggedConcurrently has writers goroutines each write perWriter tagged events
+// to sink, in index order, and returns when all are done.
+func writeTaggedConcurrently(t *testing.T, sink Sink, writers, perWriter int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				if err := sink.Write(tagged(uint32(w), uint32(i))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 func untag(b []byte) (writer, index uint32) {
 	return binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:])
 }

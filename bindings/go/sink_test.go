@@ -71,20 +71,7 @@ func TestBroadcastOfConcurrentWritesReachesEveryMemberExactlyOnce(t *testing.T) 
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWriter {
-				if err := b.Write(tagged(uint32(w), uint32(i))); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	writeTaggedConcurrently(t, b, writers, perWriter)
 	for m, r := range records {
 		seen := map[[2]uint32]int{}
 		for _, e := range r.waitEvents(t, writers*perWriter) {
@@ -837,20 +824,7 @@ func TestRetryingSinkSerializesConcurrentWritersInOrder(t *testing.T) {
 	s := must(NewRetryingSink(r, RetryFuncs{}))
 	closeAtEnd(t, s)
 	const writers, perWriter = 4, 250
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWriter {
-				if err := s.Write(tagged(uint32(w), uint32(i))); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	writeTaggedConcurrently(t, s, writers, perWriter)
 	next := make([]uint32, writers)
 	for _, e := range r.taken() {
 		w, i := untag(e)
