@@ -86,6 +86,19 @@ func (m *batchMemory) reserveStaging(staged int) {
 	}
 }
 
+// growStaging makes room for at least need bytes, keeping the first keep, and
+// returns all of it. (C.malloc, unlike C.realloc, never returns nil.)
+func (m *batchMemory) growStaging(keep, need int) []byte {
+	kept := unsafe.Slice((*byte)(unsafe.Pointer(m.staging)), keep)
+	m.stagingCap = max(grownCap(need), 2*m.stagingCap)
+	grown := (*C.uint8_t)(C.malloc(C.size_t(m.stagingCap)))
+	staging := unsafe.Slice((*byte)(unsafe.Pointer(grown)), m.stagingCap)
+	copy(staging, kept)
+	C.free(unsafe.Pointer(m.staging))
+	m.staging = grown
+	return staging
+}
+
 // rawView is a conveyor_bytes written as numbers. Views live in C memory, whose
 // previous contents (left by conveyor or an earlier use) may look like pointers
 // into Go's heap: a pointer store there would hand that old value to the garbage
@@ -126,12 +139,43 @@ func (a *batchArgs) prepare(events [][]byte) preparedBatch {
 	if batch, ok := a.inPlace(events); ok {
 		return batch
 	}
-	staged, pinned := 0, false
+	if batch, ok := a.staged(events); ok {
+		return batch
+	}
+	return a.viewed(events)
+}
+
+// staged is the events copied end to end into C memory, in the one pass over them
+// that the common case needs, unless one is too large to copy (see pinThreshold).
+func (a *batchArgs) staged(events [][]byte) (preparedBatch, bool) {
+	m := a.mem
+	m.reserveLens(len(events))
+	lens := unsafe.Slice((*uint32)(unsafe.Pointer(m.lens)), len(events))
+	var staging []byte
+	if m.stagingCap > 0 {
+		staging = unsafe.Slice((*byte)(unsafe.Pointer(m.staging)), m.stagingCap)
+	}
+	offset := 0
+	for i, e := range events {
+		if len(e) >= pinThreshold {
+			return preparedBatch{}, false
+		}
+		if len(e) > len(staging)-offset {
+			staging = m.growStaging(offset, offset+len(e))
+		}
+		lens[i] = uint32(copy(staging[offset:], e))
+		offset += len(e)
+	}
+	return preparedBatch{data: staging[:offset], lens: lens}, true
+}
+
+// viewed is the events as views: small ones copied into C memory, large ones pinned
+// and viewed in place, empty ones viewed as NULL.
+func (a *batchArgs) viewed(events [][]byte) preparedBatch {
+	staged := 0
 	for _, e := range events {
 		if len(e) < pinThreshold {
 			staged += len(e)
-		} else {
-			pinned = true
 		}
 	}
 	m := a.mem
@@ -139,16 +183,6 @@ func (a *batchArgs) prepare(events [][]byte) preparedBatch {
 	var staging []byte
 	if staged > 0 {
 		staging = unsafe.Slice((*byte)(unsafe.Pointer(m.staging)), staged)
-	}
-	if !pinned {
-		m.reserveLens(len(events))
-		lens := unsafe.Slice((*uint32)(unsafe.Pointer(m.lens)), len(events))
-		offset := 0
-		for i, e := range events {
-			lens[i] = uint32(copy(staging[offset:], e))
-			offset += len(e)
-		}
-		return preparedBatch{data: staging, lens: lens}
 	}
 	m.reserveViews(len(events))
 	views := unsafe.Slice(m.views, len(events))

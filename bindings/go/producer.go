@@ -318,16 +318,13 @@ func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n i
 		}
 		runtime.UnlockOSThread()
 		p.mu.RUnlock()
+		if err != nil || accepted+int(taken) == n {
+			return accepted + int(taken), err
+		}
 		if batch.views == nil {
 			skipped += batch.bytes(accepted, int(taken))
 		}
 		accepted += int(taken)
-		if err != nil {
-			return accepted, err
-		}
-		if accepted == n {
-			return accepted, nil
-		}
 		if timeout, err = waitSlice(ctx, op); err != nil {
 			return accepted, err
 		}

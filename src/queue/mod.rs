@@ -252,6 +252,14 @@ pub(crate) fn timeout_deadline(timeout: Option<Duration>) -> Option<std::time::I
     timeout.and_then(|t| std::time::Instant::now().checked_add(t))
 }
 
+/// The longest event `check_event_len` accepts.
+pub(crate) fn max_event_len(settings: &QueueSettings) -> usize {
+    match settings.bytes {
+        0 => u32::MAX as usize,
+        bytes => bytes.min(u32::MAX as usize),
+    }
+}
+
 pub(crate) fn check_event_len(len: usize, settings: &QueueSettings) -> Result<()> {
     if len > u32::MAX as usize {
         return Err(Error::InvalidArgument(format!("event of {len} bytes exceeds the 4 GiB limit")));
