@@ -246,7 +246,8 @@ impl Client for ForeignClient {
             return Published::broken(0);
         };
         self.views.clear();
-        self.views.extend(events.iter().map(conveyor_bytes::of));
+        self.views.reserve(events.len());
+        events.for_each_payload(|event| self.views.push(conveyor_bytes::of(event)));
         let mut published = 0usize;
         // SAFETY: a callback of a validated vtable (thread contract as above); the views
         // point into `events`, which outlives the call, and `published` is a live local.
@@ -268,7 +269,8 @@ impl AsyncClient for ForeignClient {
         let Some(publish_async) = self.vt.publish_async else {
             return Err(ConnectError("vtable has no publish_async".into()));
         };
-        let views: Vec<conveyor_bytes> = events.iter().map(conveyor_bytes::of).collect();
+        let mut views = Vec::with_capacity(events.len());
+        events.for_each_payload(|event| views.push(conveyor_bytes::of(event)));
         let (ptr, n) = (views.as_ptr(), views.len());
         let handle = COMPLETIONS.insert(PendingCompletion {
             completion,
