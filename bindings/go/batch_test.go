@@ -69,18 +69,7 @@ func TestPublishBatchReadsLargeEventsInPlaceDuringTheCall(t *testing.T) {
 	mustFlush(t, front)
 	mustFlush(t, back)
 
-	_, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatalf("corrupt payloads: %v", bad[0])
-	}
-	if len(order) != count {
-		t.Fatalf("delivered %d events, want %d", len(order), count)
-	}
-	for i, id := range order {
-		if id != uint64(i) {
-			t.Fatalf("delivery %d is event %d", i, id)
-		}
-	}
+	checkOrder(t, l, count)
 	for name, o := range map[string]*outcomes{"front": frontOutcomes, "back": backOutcomes} {
 		if acked, dropped := o.totals(); acked != count || len(dropped) != 0 {
 			t.Fatalf("%s producer: acked %d, dropped %d; want %d, 0", name, acked, len(dropped), count)

@@ -34,18 +34,7 @@ func TestPublishDeliversInOrderAndACKsEveryEvent(t *testing.T) {
 	if acked != n || len(dropped) != 0 {
 		t.Fatalf("acked %d, dropped %d; want %d, 0", acked, len(dropped), n)
 	}
-	delivered, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatalf("corrupt payloads: %v", bad[0])
-	}
-	if len(order) != n || len(delivered) != n {
-		t.Fatalf("client got %d events (%d distinct), want %d", len(order), len(delivered), n)
-	}
-	for i, id := range order {
-		if id != uint64(i) {
-			t.Fatalf("delivery %d is event %d: order lost", i, id)
-		}
-	}
+	checkOrder(t, l, n)
 	counts, err := prod.Counts()
 	if err != nil || counts != (Counts{Accepted: n, Acked: n}) {
 		t.Fatalf("Counts = %+v, %v", counts, err)
@@ -94,18 +83,7 @@ func TestPublishBatchCopiesEveryEventInOrder(t *testing.T) {
 		}
 	}
 	mustFlush(t, p)
-	_, order, bad := l.snapshot()
-	if len(bad) > 0 {
-		t.Fatalf("corrupt payloads: %v", bad[0])
-	}
-	if len(order) != int(next) {
-		t.Fatalf("delivered %d events, want %d", len(order), next)
-	}
-	for i, id := range order {
-		if id != uint64(i) {
-			t.Fatalf("delivery %d is event %d", i, id)
-		}
-	}
+	checkOrder(t, l, int(next))
 	if acked, _ := o.totals(); acked != int(next) {
 		t.Fatalf("acked %d, want %d", acked, next)
 	}
