@@ -93,11 +93,19 @@ enum Outcome {
 }
 
 struct Entry {
-    data: Arc<EventsData>,
+    /// Set by `fill` once the consumer built the batch; always set by the time any of
+    /// its events can be settled.
+    data: Option<Arc<EventsData>>,
     outcomes: Vec<Outcome>,
     pending: usize,
     /// Some event was settled as dropped (otherwise every settled one is acked).
     any_dropped: bool,
+}
+
+impl Entry {
+    fn data(&self) -> &Arc<EventsData> {
+        self.data.as_ref().expect("a batch is filled before any of its events is settled")
+    }
 }
 
 /// Outcome vectors kept for reuse: enough for the batches a queue has open at once.
@@ -330,16 +338,24 @@ impl AckTracker {
         self.accepted.store(self.accepted.load(Ordering::Relaxed) + n, Ordering::Release);
     }
 
-    /// Records a batch taken by a consumer and returns its id. Must be called in take
-    /// order (the queue holds its lock while calling).
-    pub(crate) fn open(&self, data: Arc<EventsData>) -> u64 {
-        let n = data.refs.len();
+    /// Records a batch of `n` events taken by a consumer and returns its id. Must be
+    /// called in take order (the queue holds its lock while calling); the consumer
+    /// then builds the batch without that lock and hands it to `fill`.
+    pub(crate) fn open(&self, n: usize) -> u64 {
         let mut order = lock(&self.order);
         let mut outcomes = order.spare.pop().unwrap_or_default();
         outcomes.resize(n, Outcome::Pending);
         let id = order.base + order.entries.len() as u64;
-        order.entries.push_back(Entry { data, outcomes, pending: n, any_dropped: false });
+        order.entries.push_back(Entry { data: None, outcomes, pending: n, any_dropped: false });
         id
+    }
+
+    /// Sets the events of batch `id`, opened and not settled yet.
+    pub(crate) fn fill(&self, id: u64, data: Arc<EventsData>) {
+        let mut order = lock(&self.order);
+        let pos = (id - order.base) as usize;
+        debug_assert_eq!(order.entries[pos].outcomes.len(), data.refs.len());
+        order.entries[pos].data = Some(data);
     }
 
     /// Settles the events of `events` (a view of batch `id`) as acked or dropped.
@@ -351,7 +367,7 @@ impl AckTracker {
             return Err(Error::AlreadySettled);
         };
         let entry = &mut order.entries[pos as usize];
-        if !events.same_batch(&entry.data) {
+        if !entry.data.as_ref().is_some_and(|data| events.same_batch(data)) {
             return Err(Error::InvalidArgument("events do not belong to this batch".into()));
         }
         match &events.sel {
@@ -413,7 +429,7 @@ impl AckTracker {
                 let mut entry = order.entries.pop_front().expect("front exists");
                 order.base += 1;
                 events += entry.outcomes.len();
-                bytes += entry.data.bytes;
+                bytes += entry.data().bytes;
                 collect_reports(&entry, pending);
                 if order.spare.len() < SPARE_OUTCOMES {
                     entry.outcomes.clear();
@@ -510,7 +526,8 @@ impl Drop for AckTracker {
 /// ACKs into one count.
 fn collect_reports(entry: &Entry, pending: &mut Pending) {
     let n = entry.outcomes.len();
-    if let (false, Some(producer)) = (entry.any_dropped, entry.data.sole_producer) {
+    let data = entry.data();
+    if let (false, Some(producer)) = (entry.any_dropped, data.sole_producer) {
         pending.acked(producer, n as u64);
         return;
     }
@@ -518,17 +535,17 @@ fn collect_reports(entry: &Entry, pending: &mut Pending) {
     for i in 1..=n {
         let ends = i == n
             || entry.outcomes[i] != entry.outcomes[run_start]
-            || entry.data.refs[i].producer != entry.data.refs[run_start].producer;
+            || data.refs[i].producer != data.refs[run_start].producer;
         if !ends {
             continue;
         }
-        let producer = entry.data.refs[run_start].producer;
+        let producer = data.refs[run_start].producer;
         let count = (i - run_start) as u64;
         if entry.outcomes[run_start] == Outcome::Acked {
             pending.acked(producer, count);
         } else {
             let sel = Selection::Range(run_start as u32..i as u32);
-            pending.dropped(producer, count, Report::Dropped(Events::new(entry.data.clone(), sel)));
+            pending.dropped(producer, count, Report::Dropped(Events::new(data.clone(), sel)));
         }
         run_start = i;
     }
