@@ -71,12 +71,13 @@ impl Chunk {
         self.lens.len() - self.taken
     }
 
-    fn has_room(&self) -> bool {
-        self.lens.len() < self.limit
-    }
-
     fn room(&self) -> usize {
         self.limit - self.lens.len()
+    }
+
+    /// One past the index of the last event of span `k`.
+    fn span_end(&self, k: usize) -> usize {
+        self.spans.get(k + 1).map_or(self.lens.len(), |s| s.first as usize)
     }
 
     /// The segment of the last waiting event.
@@ -111,7 +112,7 @@ impl Chunk {
         let mut spent = 0;
         while i < end {
             let span = self.spans[spent];
-            let span_end = self.spans.get(spent + 1).map_or(self.lens.len(), |s| s.first as usize);
+            let span_end = self.span_end(spent);
             let stop = span_end.min(end);
             let first = to.lens.len();
             to.lens.extend_from_slice(&self.lens[i..stop]);
@@ -135,7 +136,7 @@ impl Chunk {
         let mut bytes = 0;
         let mut producer = self.spans.first().map(|s| s.producer);
         for (k, span) in self.spans.iter().enumerate() {
-            let stop = self.spans.get(k + 1).map_or(self.lens.len(), |s| s.first as usize);
+            let stop = self.span_end(k);
             let (seg, mut off, sender) = (span.seg, span.off, span.producer);
             // `move`: the closure owns its copy of `off`, which then stays in a register;
             // captured by reference, it went through memory on every event.
@@ -357,7 +358,7 @@ impl MemQueue {
 
     /// Makes sure `open_chunk` has room for one more event.
     fn open_chunk_room(&self, st: &mut State) {
-        if st.open_chunk.has_room() {
+        if st.open_chunk.room() > 0 {
             return;
         }
         let fresh = self.spare_chunk(st.chunk_events);
