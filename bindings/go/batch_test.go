@@ -130,18 +130,10 @@ func TestViewsOverReusedCMemoryAreNotSeenByTheGarbageCollector(t *testing.T) {
 	}()
 	runtime.GC()
 	runtime.GC()
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				runtime.GC()
-			}
-		}
-	}()
+	stopCollecting := repeatInBackground(func() bool {
+		runtime.GC()
+		return true
+	})
 	args := &batchArgs{mem: new(batchMemory)}
 	defer args.mem.free()
 	events := [][]byte{event(1, 10), nil, event(2, pinThreshold)}
@@ -157,6 +149,5 @@ func TestViewsOverReusedCMemoryAreNotSeenByTheGarbageCollector(t *testing.T) {
 		}
 		args.unpin()
 	}
-	close(stop)
-	<-stopped
+	stopCollecting()
 }

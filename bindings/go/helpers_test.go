@@ -289,3 +289,26 @@ type gate struct {
 func newGate() *gate  { return &gate{ch: make(chan struct{})} }
 func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
 func (g *gate) wait() { <-g.ch }
+
+// repeatInBackground calls step on a goroutine of its own, again and again, until step
+// returns false or stop is called; stop returns once the goroutine has ended.
+func repeatInBackground(step func() bool) (stop func()) {
+	quit, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			if !step() {
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-ended
+	}
+}

@@ -577,25 +577,17 @@ func TestManyGoroutinesOnOneStagedProducer(t *testing.T) {
 	ctx := patientContext(t)
 	const goroutines, each = 6, 1500
 	var wg sync.WaitGroup
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if s, err := p.Stats(); err != nil || s.Accepted != s.Acked+s.Dropped+s.InFlight {
-				t.Errorf("Stats %+v, %v", s, err)
-				return
-			}
-			if c, err := prod.Counts(); err != nil || c.Accepted != c.Acked+c.Dropped+c.InFlight {
-				t.Errorf("Counts %+v, %v", c, err)
-				return
-			}
+	stopChecking := repeatInBackground(func() bool {
+		if s, err := p.Stats(); err != nil || s.Accepted != s.Acked+s.Dropped+s.InFlight {
+			t.Errorf("Stats %+v, %v", s, err)
+			return false
 		}
-	}()
+		if c, err := prod.Counts(); err != nil || c.Accepted != c.Acked+c.Dropped+c.InFlight {
+			t.Errorf("Counts %+v, %v", c, err)
+			return false
+		}
+		return true
+	})
 	for g := range goroutines {
 		wg.Add(1)
 		go func() {
@@ -628,8 +620,7 @@ func TestManyGoroutinesOnOneStagedProducer(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	close(stop)
-	<-stopped
+	stopChecking()
 	mustFlush(t, p)
 	checkOrderPerGoroutine(t, l, goroutines, each)
 	if acked, dropped := o.totals(); acked != goroutines*each || len(dropped) != 0 {
