@@ -521,17 +521,17 @@ func (p *Pipeline) AsSinkWith(cfg PipelineSinkConfig) (*PipelineSink, error) {
 		return nil, errPipelineClosed()
 	}
 	pc := cfg.Producer
-	var h C.uintptr_t
+	var cb *C.conveyor_go_producer_callbacks
 	if pc.OnACK != nil || pc.OnDrop != nil {
-		h = C.uintptr_t(newHandle(&producerBox{onACK: pc.OnACK, onDrop: pc.OnDrop, log: p.log}))
+		cb = newProducerCallbacks(&producerBox{onACK: pc.OnACK, onDrop: pc.OnDrop, log: p.log})
 	}
 	var c *C.conveyor_sink
-	rc := C.conveyor_go_pipeline_as_sink(p.c, h, cbool(pc.OnACK != nil), cbool(pc.OnDrop != nil),
+	rc := C.conveyor_go_pipeline_as_sink(p.c, cb, cbool(pc.OnACK != nil), cbool(pc.OnDrop != nil),
 		C.uint32_t(cbool(pc.Guaranteed)), C.uint32_t(cbool(pc.DropOnCancel)), publishMs, closeMs, &c)
 	if rc != C.CONVEYOR_OK {
 		err := lastError(rc)
-		if h != 0 {
-			deleteHandle(cgo.Handle(h))
+		if cb != nil {
+			freeProducerCallbacks(cb)
 		}
 		return nil, err
 	}

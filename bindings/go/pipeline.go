@@ -143,6 +143,10 @@ func (p *Pipeline) Close(timeout time.Duration) error {
 		p.mu.RUnlock()
 		return nil
 	}
+	if inProducerCallback() {
+		p.mu.RUnlock()
+		return errInCallback("Close")
+	}
 	// A flush that does not wait refuses exactly where close would: from a callback.
 	if r := C.conveyor_pipeline_flush(p.c, 0); r == C.CONVEYOR_ERR_INVALID_ARGUMENT {
 		err := lastError(r)
@@ -265,6 +269,10 @@ func (p *Pipeline) Flush(ctx context.Context) error {
 		p.mu.RUnlock()
 		return errPipelineClosed()
 	}
+	if inProducerCallback() {
+		p.mu.RUnlock()
+		return errInCallback("Flush")
+	}
 	// Refused from a callback (or once closed) before it waits for anything.
 	r := C.conveyor_pipeline_flush(p.c, 0)
 	var err error
@@ -278,6 +286,17 @@ func (p *Pipeline) Flush(ctx context.Context) error {
 	if err := p.handOverStages(ctx, "flush", watchClosing); err != nil {
 		return err
 	}
+	relays := p.enterRelays()
+	err = p.waitFlushed(ctx)
+	for _, box := range relays {
+		box.leaveFlush(err == nil)
+	}
+	return err
+}
+
+// waitFlushed waits until every event accepted so far has had its outcome reported
+// by conveyor, in slices (see blockSlice).
+func (p *Pipeline) waitFlushed(ctx context.Context) error {
 	for {
 		ms, err := waitSlice(ctx, "flush")
 		if err != nil {
@@ -311,21 +330,21 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 		return nil, errPipelineClosed()
 	}
 	prod := &Producer{pipeline: p, dropOnCancel: cfg.DropOnCancel}
-	var h C.uintptr_t
+	var cb *C.conveyor_go_producer_callbacks
 	if cfg.OnACK != nil || cfg.OnDrop != nil {
 		prod.box = &producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}
-		h = C.uintptr_t(newHandle(prod.box))
-		prod.handle = h
+		cb = newProducerCallbacks(prod.box)
+		prod.handle = cb.handle
 	}
 	if cfg.Linger >= 0 {
 		prod.stage = newStage(prod, cfg.Linger, p.queueEvents, p.queueBytes)
 	}
-	r := C.conveyor_go_producer_new(p.c, h, cbool(cfg.OnACK != nil), cbool(cfg.OnDrop != nil),
+	r := C.conveyor_go_producer_new(p.c, cb, cbool(cfg.OnACK != nil), cbool(cfg.OnDrop != nil),
 		C.uint32_t(cbool(cfg.Guaranteed)), C.uint32_t(cbool(cfg.DropOnCancel)), &prod.c)
 	if r != C.CONVEYOR_OK {
 		err := lastError(r)
-		if h != 0 {
-			deleteHandle(cgo.Handle(h))
+		if cb != nil {
+			freeProducerCallbacks(cb)
 		}
 		return nil, err
 	}
@@ -333,6 +352,20 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 	p.producers[prod] = struct{}{}
 	p.producersMu.Unlock()
 	return prod, nil
+}
+
+// enterRelays has the dispatcher relay the ACKs of the open producers during a
+// Flush (see ackrelay.go).
+func (p *Pipeline) enterRelays() []*producerBox {
+	p.producersMu.Lock()
+	defer p.producersMu.Unlock()
+	var relays []*producerBox
+	for prod := range p.producers {
+		if prod.box.enterRelay() {
+			relays = append(relays, prod.box)
+		}
+	}
+	return relays
 }
 
 // forget drops a producer closed on its own from the set Close frees.
@@ -488,4 +521,8 @@ func waitSlice(ctx context.Context, op string) (C.uint64_t, error) {
 		slice = min(slice, left)
 	}
 	return durationMs(slice), nil
+}
+
+func errInCallback(op string) error {
+	return goError(ErrInvalidArgument, "%s cannot be called from a producer callback", op)
 }

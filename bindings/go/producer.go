@@ -19,17 +19,23 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
 
 // ProducerConfig is how a producer hears about its events, and how long its events
 // may wait to be handed to conveyor together (Linger). The callbacks run one at a
-// time, once per ACK round (never per event), on the pipeline's dispatcher thread
-// (OnDrop also on the goroutine of the call that gave up on staged events: Cancel,
-// Pipeline.Close). They may publish, but must not call Pipeline.Flush or
-// Pipeline.Close (those return ErrInvalidArgument there). A panic in a callback is
-// recovered and logged; the outcome still counts as reported.
+// time, once per ACK round or less often (never per event), on the pipeline's
+// dispatcher thread; OnACK also on a goroutine the binding runs for the producer, for
+// ACKs that arrive during a PublishBatch or PublishPacked call (delivered while the
+// call waits and once it returns, so that conveyor's threads need not call into Go
+// meanwhile), and on
+// the goroutine of a Flush that waits for them; OnDrop also on the goroutine of the
+// call that gave up on staged events (Cancel, Pipeline.Close). They may publish, but
+// must not call Pipeline.Flush or Pipeline.Close (those return ErrInvalidArgument
+// there). A panic in a callback is recovered and logged; the outcome still counts
+// as reported.
 type ProducerConfig struct {
 	// OnACK: n more of this producer's events were delivered, in publish order.
 	OnACK func(n int)
@@ -64,6 +70,14 @@ type producerBox struct {
 	callbacks sync.Mutex
 	// views is reused by every OnDrop call: callbacks run one at a time.
 	views [][]byte
+	// handle is the box's own cgo handle. memory is the C userdata holding it and
+	// the ACK relay (see ackrelay.go), kept alive by refs; wake wakes the acker.
+	handle       C.uintptr_t
+	memory       *C.conveyor_go_producer_callbacks
+	relay        *atomic.Uint64
+	refs         atomic.Int32
+	wake         chan struct{}
+	ackerStarted atomic.Bool
 }
 
 // Producer publishes events into a pipeline. All methods are safe for concurrent use.
@@ -276,9 +290,13 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 	if err := p.handOverStage(ctx, "publish batch", watchPublish); err != nil {
 		return 0, err
 	}
+	relayed := p.box.enterRelay()
+	if relayed {
+		defer p.box.leaveRelay()
+	}
 	args := batchArgsPool.Get().(*batchArgs)
 	defer args.release()
-	return p.publishPrepared(ctx, args.prepare(events), len(events), "publish batch")
+	return p.publishPrepared(ctx, args.prepare(events), len(events), "publish batch", relayed)
 }
 
 // PublishPacked publishes the events laid end to end in data, event i being the
@@ -295,12 +313,18 @@ func (p *Producer) PublishPacked(ctx context.Context, data []byte, lens []uint32
 	if err := p.handOverStage(ctx, "publish packed", watchPublish); err != nil {
 		return 0, err
 	}
-	return p.publishPrepared(ctx, preparedBatch{data: data, lens: lens}, len(lens), "publish packed")
+	relayed := p.box.enterRelay()
+	if relayed {
+		defer p.box.leaveRelay()
+	}
+	return p.publishPrepared(ctx, preparedBatch{data: data, lens: lens}, len(lens), "publish packed", relayed)
 }
 
 // publishPrepared hands the n events of batch to conveyor, the first attempt taking
 // what fits without waiting, the next ones waiting for room in slices until ctx ends.
-func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n int, op string) (int, error) {
+// relayed: the caller entered the ACK relay, whose ACKs are delivered between
+// slices too, so that a long wait holds none back.
+func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n int, op string, relayed bool) (int, error) {
 	accepted, skipped := 0, 0
 	timeout := C.uint64_t(0)
 	for {
@@ -325,6 +349,9 @@ func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n i
 			skipped += batch.bytes(accepted, int(taken))
 		}
 		accepted += int(taken)
+		if relayed {
+			p.box.wakeAcker()
+		}
 		if timeout, err = waitSlice(ctx, op); err != nil {
 			return accepted, err
 		}
@@ -377,7 +404,9 @@ func cancel(c *C.conveyor_producer) int {
 
 // Counts returns the producer's accounting (ErrClosed after Close). Staged events
 // count as accepted and in flight; staged events the binding gave up on (see
-// Pipeline.Close) as accepted and dropped.
+// Pipeline.Close) as accepted and dropped. Acked may run ahead of OnACK by the ACKs
+// relayed during a PublishBatch or PublishPacked call until their OnACK has run
+// (see ProducerConfig).
 func (p *Producer) Counts() (Counts, error) {
 	s := p.stage
 	if s == nil {

@@ -77,40 +77,70 @@ uintptr_t conveyor_go_producer_in_callback(void) {
     return producer_in_callback;
 }
 
-static void producer_ack(void *userdata, uint64_t count) {
+uintptr_t conveyor_go_producer_enter_callback(uintptr_t handle) {
     uintptr_t outer = producer_in_callback;
-    producer_in_callback = (uintptr_t)userdata;
-    goConveyorOnACK((uintptr_t)userdata, count);
+    producer_in_callback = handle;
+    return outer;
+}
+
+void conveyor_go_producer_leave_callback(uintptr_t outer) {
+    producer_in_callback = outer;
+}
+
+/* An ACK count for a producer with a publish call in progress is added to its relay,
+   for that call to deliver on its goroutine when it returns (see ackrelay.go); only
+   otherwise does the dispatcher thread call into Go. */
+static int relay_ack(conveyor_go_producer_callbacks *cb, uint64_t count) {
+    uint64_t state = __atomic_load_n(&cb->relay, __ATOMIC_RELAXED);
+    while (state >= CONVEYOR_GO_RELAY_PUBLISHING &&
+           count <= CONVEYOR_GO_RELAY_PENDING - (state & CONVEYOR_GO_RELAY_PENDING)) {
+        if (__atomic_compare_exchange_n(&cb->relay, &state, state + count, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void producer_ack(void *userdata, uint64_t count) {
+    conveyor_go_producer_callbacks *cb = userdata;
+    if (relay_ack(cb, count)) {
+        return;
+    }
+    uintptr_t outer = conveyor_go_producer_enter_callback(cb->handle);
+    goConveyorOnACK(cb->handle, count);
     producer_in_callback = outer;
 }
 
 static void producer_drop(void *userdata, const conveyor_bytes *events, size_t n) {
-    uintptr_t outer = producer_in_callback;
-    producer_in_callback = (uintptr_t)userdata;
-    goConveyorOnDrop((uintptr_t)userdata, events_arg(events, n), n);
+    conveyor_go_producer_callbacks *cb = userdata;
+    uintptr_t outer = conveyor_go_producer_enter_callback(cb->handle);
+    goConveyorOnDrop(cb->handle, events_arg(events, n), n);
     producer_in_callback = outer;
 }
 
+/* Go frees `cb` once neither conveyor nor a Go call uses it any more. */
 static void producer_free(void *userdata) {
-    goConveyorFreeProducer((uintptr_t)userdata);
+    conveyor_go_producer_callbacks *cb = userdata;
+    goConveyorFreeProducer(cb->handle);
 }
 
-static void producer_config(conveyor_producer_config *pc, uintptr_t handle, int has_ack, int has_drop,
-                            uint32_t guaranteed, uint32_t drop_on_cancel) {
+static void producer_config(conveyor_producer_config *pc, conveyor_go_producer_callbacks *cb, int has_ack,
+                            int has_drop, uint32_t guaranteed, uint32_t drop_on_cancel) {
     memset(pc, 0, sizeof *pc);
     pc->struct_size = (uint32_t)sizeof *pc;
-    pc->userdata = (void *)handle;
+    pc->userdata = cb;
     pc->on_ack = has_ack ? producer_ack : NULL;
     pc->on_drop = has_drop ? producer_drop : NULL;
     pc->guaranteed = guaranteed;
     pc->drop_on_cancel = drop_on_cancel;
-    pc->free_userdata = handle ? producer_free : NULL;
+    pc->free_userdata = cb ? producer_free : NULL;
 }
 
-conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
-                                         uint32_t guaranteed, uint32_t drop_on_cancel, conveyor_producer **out) {
+conveyor_result conveyor_go_producer_new(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack,
+                                         int has_drop, uint32_t guaranteed, uint32_t drop_on_cancel,
+                                         conveyor_producer **out) {
     conveyor_producer_config pc;
-    producer_config(&pc, handle, has_ack, has_drop, guaranteed, drop_on_cancel);
+    producer_config(&pc, cb, has_ack, has_drop, guaranteed, drop_on_cancel);
     return conveyor_producer_new(p, &pc, out);
 }
 
@@ -191,11 +221,11 @@ conveyor_result conveyor_go_retry_strategy_new(uintptr_t handle, conveyor_retry_
     return conveyor_retry_strategy_new(&vt, out);
 }
 
-conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, uintptr_t handle, int has_ack, int has_drop,
+conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack, int has_drop,
                                              uint32_t guaranteed, uint32_t drop_on_cancel,
                                              uint64_t publish_timeout_ms, uint64_t close_timeout_ms,
                                              conveyor_sink **out) {
     conveyor_producer_config pc;
-    producer_config(&pc, handle, has_ack, has_drop, guaranteed, drop_on_cancel);
+    producer_config(&pc, cb, has_ack, has_drop, guaranteed, drop_on_cancel);
     return conveyor_pipeline_as_sink_with(p, &pc, publish_timeout_ms, close_timeout_ms, out);
 }

@@ -100,20 +100,19 @@ func producerOf(h C.uintptr_t) *producerBox { return cgo.Handle(h).Value().(*pro
 func goConveyorOnACK(h C.uintptr_t, count C.uint64_t) {
 	box := producerOf(h)
 	box.callbacks.Lock()
-	defer box.callbacks.Unlock()
-	defer func() {
-		if r := recover(); r != nil {
-			box.log.panicked(fmt.Sprintf("OnACK(%d)", count), r)
-		}
-	}()
-	box.onACK(int(count))
+	defer box.unlockCallbacks()
+	box.runOnACK(int(count) + box.takeRelayed())
 }
 
 //export goConveyorOnDrop
 func goConveyorOnDrop(h C.uintptr_t, events *C.conveyor_bytes, n C.size_t) {
 	box := producerOf(h)
 	box.callbacks.Lock()
-	defer box.callbacks.Unlock()
+	defer box.unlockCallbacks()
+	// Relayed ACKs were settled before these drops.
+	if acked := box.takeRelayed(); acked > 0 {
+		box.runOnACK(acked)
+	}
 	box.views = appendViews(box.views[:0], events, n)
 	defer func() {
 		clear(box.views)
@@ -126,7 +125,12 @@ func goConveyorOnDrop(h C.uintptr_t, events *C.conveyor_bytes, n C.size_t) {
 
 //export goConveyorFreeProducer
 func goConveyorFreeProducer(h C.uintptr_t) {
+	box := producerOf(h)
 	deleteHandle(cgo.Handle(h))
+	if box.relay.Load()&relayPending != 0 {
+		box.deliverRelayed()
+	}
+	box.release()
 }
 
 //export goConveyorLog
