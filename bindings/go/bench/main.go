@@ -8,7 +8,9 @@
 // with the candidate's median rate and the median of the per-pair ratios; progress
 // goes to stderr. When BENCH_RESULTS_DIR is set (`make bench` sets it), the results
 // and their references' medians also go to $BENCH_RESULTS_DIR/go.jsonl for the report
-// (benches/report.py). BENCH_QUICK=1 is the same as -quick.
+// (benches/report.py). BENCH_QUICK=1 is the same as -quick. -trace DIR writes a
+// runtime/trace of every candidate run into DIR (`go tool trace` shows how long each
+// goroutine waited for a P, ran, and spent in C).
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -67,12 +70,38 @@ var scenarios = []scenario{
 	},
 }
 
+// traceDir, when set (-trace), gets a runtime/trace of every candidate run, named
+// after the scenario, the run and its rate.
+var traceDir string
+
 func rate(n int, run func(int) (time.Duration, error)) (float64, error) {
 	d, err := run(n)
 	if err != nil {
 		return 0, err
 	}
 	return float64(n) / d.Seconds(), nil
+}
+
+// candidateRate is rate for a candidate run, traced when traceDir is set.
+func candidateRate(sc scenario, n int) (float64, error) {
+	if traceDir == "" {
+		return rate(n, sc.candidate)
+	}
+	f, err := os.CreateTemp(traceDir, sc.name+"-*.trace")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if err := trace.Start(f); err != nil {
+		return 0, err
+	}
+	r, err := rate(n, sc.candidate)
+	trace.Stop()
+	if err != nil {
+		return 0, err
+	}
+	named := strings.TrimSuffix(f.Name(), ".trace") + fmt.Sprintf("-%.1fM.trace", r/1e6)
+	return r, os.Rename(f.Name(), named)
 }
 
 func median(values []float64) float64 {
@@ -104,7 +133,7 @@ func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 func measure(sc scenario, n, pairs int) (result, error) {
 	fmt.Fprintf(os.Stderr, "%s: warm-up\n", sc.name)
-	if _, err := rate(n, sc.candidate); err != nil {
+	if _, err := candidateRate(sc, n); err != nil {
 		return result{}, err
 	}
 	if _, err := rate(n, sc.reference); err != nil {
@@ -115,12 +144,12 @@ func measure(sc scenario, n, pairs int) (result, error) {
 		var c, r float64
 		var err error
 		if pair%2 == 0 {
-			if c, err = rate(n, sc.candidate); err == nil {
+			if c, err = candidateRate(sc, n); err == nil {
 				r, err = rate(n, sc.reference)
 			}
 		} else {
 			if r, err = rate(n, sc.reference); err == nil {
-				c, err = rate(n, sc.candidate)
+				c, err = candidateRate(sc, n)
 			}
 		}
 		if err != nil {
@@ -160,6 +189,7 @@ func main() {
 	events := flag.Int("events", 2_000_000, "events per run (at least 1,000,000 for a measurement)")
 	pairs := flag.Int("pairs", 7, "interleaved (candidate, reference) pairs per scenario")
 	only := flag.String("only", "", "run only the scenarios whose name contains this")
+	flag.StringVar(&traceDir, "trace", "", "write a runtime/trace of each candidate run into this directory")
 	flag.Parse()
 	if v := os.Getenv("BENCH_QUICK"); *quick || (v != "" && v != "0") {
 		*events, *pairs = 200_000, 3
