@@ -8,7 +8,8 @@ package conveyor
 // or Flush call is in progress, the dispatcher adds the producer's ACK counts to the
 // relay, in C memory, and returns at once; the call that finds counts there wakes
 // the producer's acker goroutine, which runs OnACK as the dispatcher would have: one
-// callback at a time, under the producer's callback lock. Counts are taken from the
+// callback at a time, under the producer's callback lock (a Flush runs what is left
+// itself, so that every OnACK has returned when it does). Counts are taken from the
 // relay only under that lock, and every callback of the producer (OnACK, OnDrop, the
 // final free) first delivers what waits there, so OnACK and OnDrop keep the order in
 // which conveyor settled the events.

@@ -87,9 +87,9 @@ void conveyor_go_producer_leave_callback(uintptr_t outer) {
     producer_in_callback = outer;
 }
 
-/* An ACK count for a producer with a publish call in progress is added to its relay,
-   for that call to deliver on its goroutine when it returns (see ackrelay.go); only
-   otherwise does the dispatcher thread call into Go. */
+/* An ACK count for a producer with a publish or flush call in progress is added to its
+   relay, for that call to hand to Go's side (see ackrelay.go); only otherwise does the
+   dispatcher thread call into Go. */
 static int relay_ack(conveyor_go_producer_callbacks *cb, uint64_t count) {
     uint64_t state = __atomic_load_n(&cb->relay, __ATOMIC_RELAXED);
     while (state >= CONVEYOR_GO_RELAY_PUBLISHING &&
@@ -108,14 +108,14 @@ static void producer_ack(void *userdata, uint64_t count) {
     }
     uintptr_t outer = conveyor_go_producer_enter_callback(cb->handle);
     goConveyorOnACK(cb->handle, count);
-    producer_in_callback = outer;
+    conveyor_go_producer_leave_callback(outer);
 }
 
 static void producer_drop(void *userdata, const conveyor_bytes *events, size_t n) {
     conveyor_go_producer_callbacks *cb = userdata;
     uintptr_t outer = conveyor_go_producer_enter_callback(cb->handle);
     goConveyorOnDrop(cb->handle, events_arg(events, n), n);
-    producer_in_callback = outer;
+    conveyor_go_producer_leave_callback(outer);
 }
 
 /* Go frees `cb` once neither conveyor nor a Go call uses it any more. */
@@ -221,8 +221,8 @@ conveyor_result conveyor_go_retry_strategy_new(uintptr_t handle, conveyor_retry_
     return conveyor_retry_strategy_new(&vt, out);
 }
 
-conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack, int has_drop,
-                                             uint32_t guaranteed, uint32_t drop_on_cancel,
+conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack,
+                                             int has_drop, uint32_t guaranteed, uint32_t drop_on_cancel,
                                              uint64_t publish_timeout_ms, uint64_t close_timeout_ms,
                                              conveyor_sink **out) {
     conveyor_producer_config pc;

@@ -17,11 +17,12 @@ conveyor_result conveyor_go_pipeline_add_client(conveyor_pipeline *p, uintptr_t 
                                                 uint64_t *client_id);
 /* Sends the config's log messages to the Go logger behind `handle`. */
 conveyor_result conveyor_go_config_set_logger(conveyor_config *config, uintptr_t handle);
-/* The userdata of a producer with Go callbacks (allocated by Go with C.malloc, freed
-   with the producer): the callbacks' handle, and the relay through which a publish call
-   in progress delivers the producer's ACKs on its own goroutine (see ackrelay.go). The
-   relay counts publish calls in progress in units of CONVEYOR_GO_RELAY_PUBLISHING, above
-   the ACK count waiting for one of them (at most CONVEYOR_GO_RELAY_PENDING). */
+/* The userdata of a producer with Go callbacks (allocated with C.malloc and freed by
+   Go, once conveyor has freed the producer and no Go call uses it): the callbacks'
+   handle, and the relay that holds the producer's ACK counts while a publish or flush
+   call is in progress, instead of the dispatcher calling into Go (see ackrelay.go). The
+   relay counts those calls in units of CONVEYOR_GO_RELAY_PUBLISHING, above the ACK
+   count waiting for Go (at most CONVEYOR_GO_RELAY_PENDING). */
 typedef struct conveyor_go_producer_callbacks {
     uintptr_t handle;
     uint64_t relay; /* accessed atomically only */
@@ -54,8 +55,8 @@ conveyor_result conveyor_go_queue_sink_new(conveyor_sink *dst, size_t capacity, 
 /* A retry strategy whose callbacks are the Go functions behind `handle`. */
 conveyor_result conveyor_go_retry_strategy_new(uintptr_t handle, conveyor_retry_strategy **out);
 /* conveyor_pipeline_as_sink_with with a producer config as conveyor_go_producer_new builds. */
-conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack, int has_drop,
-                                             uint32_t guaranteed, uint32_t drop_on_cancel,
+conveyor_result conveyor_go_pipeline_as_sink(conveyor_pipeline *p, conveyor_go_producer_callbacks *cb, int has_ack,
+                                             int has_drop, uint32_t guaranteed, uint32_t drop_on_cancel,
                                              uint64_t publish_timeout_ms, uint64_t close_timeout_ms,
                                              conveyor_sink **out);
 
