@@ -35,7 +35,7 @@ const (
 
 // newProducerCallbacks is the C userdata of box's producer: its handle and its
 // relay. conveyor frees it with the producer (goConveyorFreeProducer);
-// freeProducerCallbacks frees it when no producer took it.
+// freeProducerCallbacks frees it (and box's handle) when no producer took it.
 func newProducerCallbacks(box *producerBox) *C.conveyor_go_producer_callbacks {
 	cb := (*C.conveyor_go_producer_callbacks)(C.malloc(C.sizeof_conveyor_go_producer_callbacks))
 	cb.handle = C.uintptr_t(newHandle(box))
@@ -49,9 +49,8 @@ func newProducerCallbacks(box *producerBox) *C.conveyor_go_producer_callbacks {
 	return cb
 }
 
-func freeProducerCallbacks(cb *C.conveyor_go_producer_callbacks) {
-	box := cgo.Handle(cb.handle).Value().(*producerBox)
-	deleteHandle(cgo.Handle(cb.handle))
+func freeProducerCallbacks(box *producerBox) {
+	deleteHandle(cgo.Handle(box.handle))
 	box.release()
 }
 
@@ -87,20 +86,12 @@ func (b *producerBox) enterRelay() bool {
 	return true
 }
 
-// leaveRelay ends such a call; the acker delivers what was relayed meanwhile.
-func (b *producerBox) leaveRelay() {
-	if b.relay.Add(relayLeaving)&relayPending != 0 {
-		b.wakeAcker()
-	}
-	b.release()
-}
-
-// leaveFlush ends a Flush's relay. After a flush that saw every outcome reported
-// (flushed), it delivers the relayed ACKs itself, after any callback in progress, so
-// that every OnACK has returned when Flush does.
-func (b *producerBox) leaveFlush(flushed bool) {
+// leaveRelay ends such a call. The acker delivers what was relayed meanwhile, unless
+// deliverHere: a Flush that saw every outcome reported delivers it itself, after any
+// callback in progress, so that every OnACK has returned when Flush does.
+func (b *producerBox) leaveRelay(deliverHere bool) {
 	b.relay.Add(relayLeaving)
-	if flushed {
+	if deliverHere {
 		b.deliverRelayed()
 	} else {
 		b.wakeAcker()

@@ -521,17 +521,19 @@ func (p *Pipeline) AsSinkWith(cfg PipelineSinkConfig) (*PipelineSink, error) {
 		return nil, errPipelineClosed()
 	}
 	pc := cfg.Producer
+	var box *producerBox
 	var cb *C.conveyor_go_producer_callbacks
 	if pc.OnACK != nil || pc.OnDrop != nil {
-		cb = newProducerCallbacks(&producerBox{onACK: pc.OnACK, onDrop: pc.OnDrop, log: p.log})
+		box = &producerBox{onACK: pc.OnACK, onDrop: pc.OnDrop, log: p.log}
+		cb = newProducerCallbacks(box)
 	}
 	var c *C.conveyor_sink
 	rc := C.conveyor_go_pipeline_as_sink(p.c, cb, cbool(pc.OnACK != nil), cbool(pc.OnDrop != nil),
 		C.uint32_t(cbool(pc.Guaranteed)), C.uint32_t(cbool(pc.DropOnCancel)), publishMs, closeMs, &c)
 	if rc != C.CONVEYOR_OK {
 		err := lastError(rc)
-		if cb != nil {
-			freeProducerCallbacks(cb)
+		if box != nil {
+			freeProducerCallbacks(box)
 		}
 		return nil, err
 	}

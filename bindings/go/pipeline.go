@@ -289,7 +289,7 @@ func (p *Pipeline) Flush(ctx context.Context) error {
 	relays := p.enterRelays()
 	err = p.waitFlushed(ctx)
 	for _, box := range relays {
-		box.leaveFlush(err == nil)
+		box.leaveRelay(err == nil)
 	}
 	return err
 }
@@ -334,7 +334,6 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.OnACK != nil || cfg.OnDrop != nil {
 		prod.box = &producerBox{onACK: cfg.OnACK, onDrop: cfg.OnDrop, log: p.log}
 		cb = newProducerCallbacks(prod.box)
-		prod.handle = cb.handle
 	}
 	if cfg.Linger >= 0 {
 		prod.stage = newStage(prod, cfg.Linger, p.queueEvents, p.queueBytes)
@@ -343,8 +342,8 @@ func (p *Pipeline) NewProducer(cfg ProducerConfig) (*Producer, error) {
 		C.uint32_t(cbool(cfg.Guaranteed)), C.uint32_t(cbool(cfg.DropOnCancel)), &prod.c)
 	if r != C.CONVEYOR_OK {
 		err := lastError(r)
-		if cb != nil {
-			freeProducerCallbacks(cb)
+		if prod.box != nil {
+			freeProducerCallbacks(prod.box)
 		}
 		return nil, err
 	}

@@ -90,9 +90,8 @@ type Producer struct {
 	mu       sync.RWMutex
 	c        *C.conveyor_producer
 	pipeline *Pipeline
-	// box and handle are the callbacks and their cgo handle (nil, 0 without any).
+	// box holds the callbacks (nil without any).
 	box          *producerBox
-	handle       C.uintptr_t
 	dropOnCancel bool
 	// stage is nil with NoLinger.
 	stage *stage
@@ -292,7 +291,7 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 	}
 	relayed := p.box.enterRelay()
 	if relayed {
-		defer p.box.leaveRelay()
+		defer p.box.leaveRelay(false)
 	}
 	args := batchArgsPool.Get().(*batchArgs)
 	defer args.release()
@@ -315,7 +314,7 @@ func (p *Producer) PublishPacked(ctx context.Context, data []byte, lens []uint32
 	}
 	relayed := p.box.enterRelay()
 	if relayed {
-		defer p.box.leaveRelay()
+		defer p.box.leaveRelay(false)
 	}
 	return p.publishPrepared(ctx, preparedBatch{data: data, lens: lens}, len(lens), "publish packed", relayed)
 }

@@ -350,7 +350,7 @@ func (p *Producer) report(drop stageDrop) {
 	if box == nil || box.onDrop == nil {
 		return
 	}
-	if C.conveyor_go_producer_in_callback() != p.handle {
+	if C.conveyor_go_producer_in_callback() != box.handle {
 		box.callbacks.Lock()
 		defer box.callbacks.Unlock()
 	}
