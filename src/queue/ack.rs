@@ -164,8 +164,11 @@ impl Pending {
 
 /// How long the dispatcher lets reports gather after a delivery before the next one:
 /// under load, one wake-up and one callback per producer for many batches; after a
-/// quiet spell, the first report is delivered at once.
-const COALESCE: Duration = Duration::from_micros(100);
+/// quiet spell, the first report is delivered at once, and a flush hurries it. Its
+/// wake-ups land on the CPU the producer and the worker leave idle, and each one
+/// keeps that CPU from pulling either of them over when they end up sharing the
+/// other (h6-go-batch median 80 → 90 M events/s with 1 ms instead of 100 µs).
+const COALESCE: Duration = Duration::from_millis(1);
 
 /// The dispatcher's inbox: it parks on `ready` without spinning, and is woken only
 /// when reports arrive while it is parked (or someone hurries it).
