@@ -289,13 +289,9 @@ func (p *Producer) PublishBatch(ctx context.Context, events [][]byte) (int, erro
 	if err := p.handOverStage(ctx, "publish batch", watchPublish); err != nil {
 		return 0, err
 	}
-	relayed := p.box.enterRelay()
-	if relayed {
-		defer p.box.leaveRelay(false)
-	}
 	args := batchArgsPool.Get().(*batchArgs)
 	defer args.release()
-	return p.publishPrepared(ctx, args.prepare(events), len(events), "publish batch", relayed)
+	return p.publishPrepared(ctx, args.prepare(events), len(events), "publish batch")
 }
 
 // PublishPacked publishes the events laid end to end in data, event i being the
@@ -312,18 +308,18 @@ func (p *Producer) PublishPacked(ctx context.Context, data []byte, lens []uint32
 	if err := p.handOverStage(ctx, "publish packed", watchPublish); err != nil {
 		return 0, err
 	}
-	relayed := p.box.enterRelay()
-	if relayed {
-		defer p.box.leaveRelay(false)
-	}
-	return p.publishPrepared(ctx, preparedBatch{data: data, lens: lens}, len(lens), "publish packed", relayed)
+	return p.publishPrepared(ctx, preparedBatch{data: data, lens: lens}, len(lens), "publish packed")
 }
 
 // publishPrepared hands the n events of batch to conveyor, the first attempt taking
 // what fits without waiting, the next ones waiting for room in slices until ctx ends.
-// relayed: the caller entered the ACK relay, whose ACKs are delivered between
+// The producer's ACKs go through the ACK relay meanwhile, and are delivered between
 // slices too, so that a long wait holds none back.
-func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n int, op string, relayed bool) (int, error) {
+func (p *Producer) publishPrepared(ctx context.Context, batch preparedBatch, n int, op string) (int, error) {
+	relayed := p.box.enterRelay()
+	if relayed {
+		defer p.box.leaveRelay(false)
+	}
 	accepted, skipped := 0, 0
 	timeout := C.uint64_t(0)
 	for {

@@ -455,9 +455,8 @@ impl MemQueue {
     /// per lock hold, each as many as fit now.
     fn publish_run<R: EventRun>(&self, producer: &ProducerKey, events: R, timeout: Option<Duration>) -> Result<usize> {
         if !events.none_longer_than(max_event_len(&self.settings)) {
-            let first_bad = (0..events.count()).map(|i| events.event_len(i));
-            for len in first_bad {
-                check_event_len(len, &self.settings)?;
+            for i in 0..events.count() {
+                check_event_len(events.event_len(i), &self.settings)?;
             }
         }
         let deadline = timeout_deadline(timeout);
